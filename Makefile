@@ -1,0 +1,59 @@
+# HemoStat — every target does its own set-up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help install services test-image lint format test bench run up down clean
+
+help:
+	@echo "make run    - run every agent and the dashboard locally (dry-run by default)"
+	@echo "make test   - install what is needed, then run the whole test suite"
+	@echo "make lint   - ruff check, ruff format --check, mypy"
+	@echo "make bench  - benchmarks with figures and ratios"
+	@echo "make up / down - the docker compose stack"
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 needed"'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(STAMP)
+
+services:
+	scripts/ensure-services.sh redis docker busybox
+
+test-image: install services
+	$(PY) -c 'from tests.support.services import docker_client, ensure_test_image; print(ensure_test_image(docker_client()))'
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy agents shared
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: install services test-image
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install services
+	$(PY) -m bench
+
+run: install
+	scripts/ensure-services.sh redis docker
+	$(VENV)/bin/hemostat run
+
+up:
+	docker compose up -d --build
+
+down:
+	docker compose down
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .state

@@ -1,0 +1,1 @@
+"""HemoStat's agents, all built on `agents.base.BaseAgent`."""

@@ -1,0 +1,267 @@
+"""BaseAgent: the lifecycle every HemoStat agent shares.
+
+An agent declares what it consumes (`consumes`), how it handles one event (`handle`) and its
+background loops (`@background` / `@periodic`). `run()` does the rest: lifecycle hooks
+(`on_start` → loops and consumer → `on_started` … `on_stop`), a heartbeat key with a TTL, and a
+graceful stop that lets in-flight handlers finish within the grace period.
+
+Agents never touch signals, the event loop or logging configuration: the runner owns those and
+calls `stop()`. Collaborators (Redis, bus, clock, Docker, LLM clients) are injected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar, TypeVar
+
+from redis.asyncio import Redis
+
+from shared import __version__
+from shared.backoff import backoff_delay
+from shared.bus import Bus, Consumer
+from shared.clock import Clock, SystemClock
+from shared.events import Channel, Event, Source
+from shared.heartbeat import AgentStatus, Heartbeat, clear_heartbeat, write_heartbeat
+from shared.log import Logger, get_logger
+from shared.redis_client import CONNECTION_ERRORS
+from shared.settings import Settings
+from shared.tasks import join_tasks
+
+F = TypeVar("F", bound=Callable[..., Awaitable[None]])
+Interval = float | Callable[[Any], float]
+
+
+@dataclass(frozen=True)
+class LoopSpec:
+    interval: Interval | None  # None: a long-running coroutine, restarted if it crashes
+
+
+def background(fn: F) -> F:
+    """Declare a long-running loop; it is restarted with backoff if it raises."""
+    fn.__hemostat_loop__ = LoopSpec(None)  # type: ignore[attr-defined]
+    return fn
+
+
+def periodic(interval: Interval) -> Callable[[F], F]:
+    """Declare a method run every `interval` seconds (a number, or `lambda self: ...`)."""
+
+    def mark(fn: F) -> F:
+        fn.__hemostat_loop__ = LoopSpec(interval)  # type: ignore[attr-defined]
+        return fn
+
+    return mark
+
+
+class AgentCrashed(RuntimeError):
+    """A core task of the agent ended unexpectedly; the process should exit non-zero."""
+
+
+class BaseAgent:
+    name: ClassVar[str] = "agent"
+    consumes: ClassVar[tuple[Channel, ...]] = ()
+    _loops: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._loops = tuple(
+            attr
+            for attr in dir(cls)
+            if not attr.startswith("__") and hasattr(getattr(cls, attr, None), "__hemostat_loop__")
+        )
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        redis: Redis,
+        bus: Bus | None = None,
+        clock: Clock | None = None,
+        instance: str | None = None,
+        concurrency: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.bus = bus or Bus.from_settings(redis, settings)
+        self.clock: Clock = clock or SystemClock()
+        self.instance = instance or settings.instance_name()
+        self.concurrency = concurrency or settings.bus_concurrency
+        self.source = Source(agent=self.name, instance=self.instance, version=__version__)
+        self.log: Logger = get_logger(f"hemostat.{self.name}").bind(
+            agent=self.name, instance=self.instance
+        )
+        self.consumer: Consumer | None = None
+        self.started_at: datetime | None = None
+        self._stop = asyncio.Event()
+        self._degraded: dict[str, str] = {}
+
+    # ------------------------------------------------------------------ hooks (override)
+
+    async def on_start(self) -> None:
+        """Before loops and the consumer start: open connections, load files."""
+
+    async def on_started(self) -> None:
+        """Everything is running."""
+
+    async def on_stop(self) -> None:
+        """Loops stopped and in-flight handlers finished (or the grace period ran out)."""
+
+    async def handle(self, event: Event) -> None:
+        """Handle one consumed event; raise to have it retried and eventually dead-lettered."""
+        raise NotImplementedError(f"{type(self).__name__} consumes events but has no handle()")
+
+    def partition_key(self, event: Event) -> str | None:
+        """Events with the same key are handled one at a time, in order (default: none)."""
+        return None
+
+    def health_details(self) -> dict[str, Any]:
+        """Extra fields for the heartbeat record (shown by `hemostat status` and the dashboard)."""
+        details: dict[str, Any] = {}
+        if self.consumer is not None:
+            details["consumer"] = self.consumer.stats.as_dict() | {
+                "inflight": self.consumer.inflight
+            }
+        if self._degraded:
+            details["degraded"] = dict(self._degraded)
+        return details
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    @property
+    def status(self) -> AgentStatus:
+        if self.stopping:
+            return AgentStatus.STOPPING
+        if self._degraded or (self.consumer is not None and not self.consumer.connected):
+            return AgentStatus.DEGRADED
+        return AgentStatus.OK
+
+    def set_degraded(self, component: str, reason: str) -> None:
+        if self._degraded.get(component) != reason:
+            self.log.warning("agent.degraded", component=component, reason=reason)
+        self._degraded[component] = reason
+
+    def clear_degraded(self, component: str) -> None:
+        if self._degraded.pop(component, None) is not None:
+            self.log.info("agent.recovered", component=component)
+
+    def stop(self) -> None:
+        """Ask the agent to stop (safe to call from a signal handler, more than once)."""
+        self._stop.set()
+        if self.consumer is not None:
+            self.consumer.stop()
+
+    async def sleep(self, seconds: float) -> bool:
+        """Sleep up to `seconds`, returning early when the agent stops. True while running."""
+        if seconds > 0 and not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=seconds)
+        return not self._stop.is_set()
+
+    # ------------------------------------------------------------------ running
+
+    async def run(self) -> None:
+        self.started_at = self.clock.now()
+        await self.on_start()
+        core: dict[asyncio.Task[Any], str] = {}
+        loops: list[asyncio.Task[None]] = []
+        if self.consumes:
+            self.consumer = self.bus.consumer_from_settings(
+                self.settings,
+                group=self.name,
+                name=self.instance,
+                channels=[str(c) for c in self.consumes],
+                handler=self.handle,
+                concurrency=self.concurrency,
+                partition_key=self.partition_key,
+            )
+            if self.stopping:
+                self.consumer.stop()
+            core[asyncio.create_task(self.consumer.run(), name=f"{self.name}-consumer")] = (
+                "consumer"
+            )
+        heartbeat = asyncio.create_task(self._heartbeat_loop(), name=f"{self.name}-heartbeat")
+        for attr in self._loops:
+            loops.append(
+                asyncio.create_task(self._run_loop(attr), name=f"{self.name}-{attr.strip('_')}")
+            )
+        await self.on_started()
+        self.log.info("agent.started", pid=os.getpid(), consumes=[str(c) for c in self.consumes])
+        crashed: BaseException | None = None
+        stop_waiter: asyncio.Task[Any] = asyncio.create_task(self._stop.wait())
+        try:
+            done, _ = await asyncio.wait([stop_waiter, *core], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stop_waiter:
+                    crashed = task.exception() or AgentCrashed(f"{core[task]} ended unexpectedly")
+                    self.log.critical("agent.core_task_ended", task=core[task], error=str(crashed))
+        finally:
+            self.stop()
+            stop_waiter.cancel()
+            self.log.info("agent.stopping")
+            # The consumer drains its in-flight handlers within the grace period; loops end on
+            # the stop flag (their `sleep` returns), cancellation is the last resort.
+            grace = self.settings.shutdown_grace_s
+            await join_tasks(*core, timeout=grace + 15.0)
+            await join_tasks(*loops, timeout=grace)
+            try:
+                await self.on_stop()
+            finally:
+                heartbeat.cancel()
+                await join_tasks(heartbeat, timeout=2.0)
+                with contextlib.suppress(*CONNECTION_ERRORS):
+                    await clear_heartbeat(self.redis, self.name, self.instance)
+                self.log.info("agent.stopped")
+        if crashed is not None:
+            raise AgentCrashed(str(crashed)) from crashed
+
+    async def _run_loop(self, attr: str) -> None:
+        method: Callable[[], Awaitable[None]] = getattr(self, attr)
+        spec: LoopSpec = method.__hemostat_loop__  # type: ignore[attr-defined]
+        failures = 0
+        while not self.stopping:
+            started = self.clock.monotonic()
+            try:
+                await method()
+                failures = 0
+                if spec.interval is None:
+                    return  # a background loop that returns has finished its work
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # loop boundary: log, back off, keep the agent alive
+                failures += 1
+                self.log.exception("agent.loop_failed", loop=attr, failures=failures)
+                if spec.interval is None:
+                    await self.sleep(backoff_delay(failures, base=0.5, cap=30.0))
+                    continue
+            if spec.interval is not None:
+                interval = spec.interval(self) if callable(spec.interval) else spec.interval
+                await self.sleep(max(0.0, interval - (self.clock.monotonic() - started)))
+
+    async def _heartbeat_loop(self) -> None:
+        assert self.started_at is not None
+        while True:
+            beat = Heartbeat(
+                agent=self.name,
+                instance=self.instance,
+                host=self.settings.host_name,
+                pid=os.getpid(),
+                version=__version__,
+                status=self.status,
+                started_at=self.started_at,
+                beat_at=self.clock.now(),
+                ttl_s=self.settings.heartbeat_ttl_s,
+                details=self.health_details(),
+            )
+            try:
+                await write_heartbeat(self.redis, beat)
+            except CONNECTION_ERRORS as exc:
+                self.log.warning("agent.heartbeat_failed", error=str(exc))
+            await asyncio.sleep(self.settings.heartbeat_interval_s)

@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHES = {
+    "bus": "bench.bus_throughput",
+}
+
+
+def main(argv: list[str]) -> int:
+    names = argv or list(BENCHES)
+    failed = []
+    for name in names:
+        if name not in BENCHES:
+            print(f"unknown benchmark {name!r}; known: {', '.join(BENCHES)}")
+            return 2
+        if not importlib.import_module(BENCHES[name]).run():
+            failed.append(name)
+    print(f"\n{len(names) - len(failed)}/{len(names)} benchmarks met their targets"
+          + (f"; missed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,649 @@
+"""The event bus: Redis Streams with consumer groups.
+
+- `Bus.publish` appends the event to the stream of its channel (XADD, bounded with `MAXLEN ~`) and
+  PUBLISHes the same JSON on the pub/sub channel of that name for live viewers.
+- A `Consumer` reads a set of channels as one consumer of a group (one group per agent type, one
+  consumer per replica). Handlers run concurrently up to a bound; a message is acknowledged only
+  after its handler returned. A failing handler is retried with backoff (each retry is a real
+  redelivery: XCLAIM bumps the delivery counter); after `max_deliveries` the message goes to the
+  dead-letter stream with the error. Messages left pending by a dead consumer are reclaimed after
+  `claim_idle_ms`; a slow live handler keeps its messages claimed so nobody steals them.
+  Malformed JSON or an invalid envelope is dead-lettered at once with the reason.
+- Redis outages: every loop retries with backoff; nothing crashes and no acknowledged work is lost
+  (an ack that could not be sent means a redelivery, never a loss: delivery is at-least-once, and
+  handlers are idempotent through the events' idempotency keys).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from shared.backoff import backoff_delay
+from shared.errors import BusUnavailable, InvalidEventError
+from shared.events import DEAD_LETTER_STREAM, Envelope, Event, encode_event, parse_event
+from shared.log import get_logger
+from shared.redis_client import CONNECTION_ERRORS
+from shared.settings import Settings
+from shared.tasks import join_tasks
+
+log = get_logger(__name__)
+
+T = TypeVar("T")
+Handler = Callable[[Event], Awaitable[None]]
+PartitionKey = Callable[[Event], str | None]
+
+
+class Bus:
+    """Publishing and group management over one Redis client."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        maxlen: int = 100_000,
+        dead_letter_maxlen: int = 100_000,
+        publish_attempts: int = 6,
+    ) -> None:
+        self.redis = redis
+        self.maxlen = maxlen
+        self.dead_letter_maxlen = dead_letter_maxlen
+        self.publish_attempts = publish_attempts
+
+    @classmethod
+    def from_settings(cls, redis: Redis, settings: Settings) -> Bus:
+        return cls(
+            redis, maxlen=settings.stream_maxlen, dead_letter_maxlen=settings.dead_letter_maxlen
+        )
+
+    async def publish(self, event: Envelope) -> str:
+        """Append to the event's channel stream and notify live viewers; returns the stream id."""
+        return await self.publish_raw(event.channel, encode_event(event))
+
+    async def publish_many(self, events: Sequence[Envelope]) -> list[str]:
+        """Publish several events in one round trip (pipelined)."""
+        encoded = [(e.channel, encode_event(e)) for e in events]
+
+        async def attempt() -> list[str]:
+            pipe = self.redis.pipeline(transaction=False)
+            for channel, data in encoded:
+                pipe.xadd(channel, {"event": data}, maxlen=self.maxlen, approximate=True)
+                pipe.publish(channel, data)
+            results: list[Any] = await pipe.execute()
+            return [str(r) for r in results[::2]]
+
+        return await self._retrying("publish", attempt)
+
+    async def publish_raw(self, channel: str, data: str) -> str:
+        """Publish already-encoded bytes (also how tests inject malformed messages)."""
+
+        async def attempt() -> str:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.xadd(channel, {"event": data}, maxlen=self.maxlen, approximate=True)
+            pipe.publish(channel, data)
+            results: list[Any] = await pipe.execute()
+            return str(results[0])
+
+        return await self._retrying("publish", attempt)
+
+    async def ensure_group(self, channel: str, group: str, start: str = "0") -> None:
+        """Create the group (and the stream) if missing.
+
+        A new group starts at the beginning of the retained stream by default, so events published
+        before a consumer type first started are not lost; consumers that must not act on stale
+        events (the Responder) check the event's age themselves.
+        """
+        try:
+            await self.redis.xgroup_create(channel, group, id=start, mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def dead_letter(
+        self,
+        *,
+        channel: str,
+        group: str,
+        consumer: str,
+        message_id: str,
+        raw: str,
+        error: str,
+        attempts: int,
+    ) -> None:
+        """Move one message to the dead-letter stream with the error, and acknowledge it."""
+        fields: dict[Any, Any] = {
+            "channel": channel,
+            "group": group,
+            "consumer": consumer,
+            "message_id": message_id,
+            "attempts": str(attempts),
+            "error": error[:2000],
+            "event": raw,
+            "failed_at": f"{time.time():.3f}",
+        }
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(DEAD_LETTER_STREAM, fields, maxlen=self.dead_letter_maxlen, approximate=True)
+            pipe.xack(channel, group, message_id)
+            await pipe.execute()
+
+    async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        last: BaseException | None = None
+        for n in range(1, self.publish_attempts + 1):
+            try:
+                return await attempt()
+            except CONNECTION_ERRORS as exc:
+                last = exc
+                delay = backoff_delay(n, base=0.05, cap=1.0)
+                log.warning("bus.redis_unavailable", op=what, attempt=n, retry_in=round(delay, 3))
+                await asyncio.sleep(delay)
+        raise BusUnavailable(
+            f"{what} failed after {self.publish_attempts} attempts: {last}"
+        ) from last
+
+    def consumer(
+        self,
+        *,
+        group: str,
+        name: str,
+        channels: Iterable[str],
+        handler: Handler,
+        concurrency: int = 16,
+        block_ms: int = 1_000,
+        max_deliveries: int = 5,
+        claim_idle_ms: int = 30_000,
+        reclaim_interval_s: float = 5.0,
+        retry_backoff_s: float = 0.5,
+        grace_s: float = 20.0,
+        partition_key: PartitionKey | None = None,
+    ) -> Consumer:
+        return Consumer(
+            self,
+            group=group,
+            name=name,
+            channels=list(channels),
+            handler=handler,
+            concurrency=concurrency,
+            block_ms=block_ms,
+            max_deliveries=max_deliveries,
+            claim_idle_ms=claim_idle_ms,
+            reclaim_interval_s=reclaim_interval_s,
+            retry_backoff_s=retry_backoff_s,
+            grace_s=grace_s,
+            partition_key=partition_key,
+        )
+
+    def consumer_from_settings(
+        self,
+        settings: Settings,
+        *,
+        group: str,
+        name: str,
+        channels: Iterable[str],
+        handler: Handler,
+        concurrency: int | None = None,
+        partition_key: PartitionKey | None = None,
+    ) -> Consumer:
+        return self.consumer(
+            group=group,
+            name=name,
+            channels=channels,
+            handler=handler,
+            concurrency=concurrency or settings.bus_concurrency,
+            block_ms=settings.bus_block_ms,
+            max_deliveries=settings.bus_max_deliveries,
+            claim_idle_ms=settings.bus_claim_idle_ms,
+            reclaim_interval_s=settings.bus_reclaim_interval_s,
+            retry_backoff_s=settings.bus_retry_backoff_s,
+            grace_s=settings.shutdown_grace_s,
+            partition_key=partition_key,
+        )
+
+
+@dataclass
+class ConsumerStats:
+    handled: int = 0
+    failed: int = 0
+    dead_lettered: int = 0
+    reclaimed: int = 0
+    invalid: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _InFlight:
+    task: asyncio.Task[None]
+    channel: str
+    message_id: str
+    claimed_at: float = field(default_factory=time.monotonic)
+
+
+class _KeyedLocks:
+    """One lock per partition key, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str | None) -> AsyncIterator[None]:
+        if key is None:
+            yield
+            return
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users <= 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+class Consumer:
+    """One consumer of a group over several channels. `run()` until `stop()`, then drains."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        *,
+        group: str,
+        name: str,
+        channels: list[str],
+        handler: Handler,
+        concurrency: int,
+        block_ms: int,
+        max_deliveries: int,
+        claim_idle_ms: int,
+        reclaim_interval_s: float,
+        retry_backoff_s: float,
+        grace_s: float,
+        partition_key: PartitionKey | None,
+    ) -> None:
+        if not channels:
+            raise ValueError("a consumer needs at least one channel")
+        self.bus = bus
+        self.redis = bus.redis
+        self.group = group
+        self.name = name
+        self.channels = channels
+        self.handler = handler
+        self.concurrency = concurrency
+        self.block_ms = block_ms
+        self.max_deliveries = max_deliveries
+        self.claim_idle_ms = claim_idle_ms
+        self.reclaim_interval_s = reclaim_interval_s
+        self.retry_backoff_s = retry_backoff_s
+        self.grace_s = grace_s
+        self.partition_key = partition_key
+        self.stats = ConsumerStats()
+        self._inflight: dict[tuple[str, str], _InFlight] = {}
+        self._acks: dict[str, list[str]] = defaultdict(list)
+        self._ack_ready = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._acks_closed = False
+        self._locks = _KeyedLocks()
+        self._connected = True
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def connected(self) -> bool:
+        """False while Redis is unreachable (for health reporting)."""
+        return self._connected
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    def stop(self) -> None:
+        """Stop reading new messages; `run()` then waits for in-flight handlers and returns."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        await self._until_connected(self._ensure_groups)
+        ack_task = asyncio.create_task(self._ack_loop(), name=f"{self.group}-acks")
+        reclaim_task = asyncio.create_task(self._reclaim_loop(), name=f"{self.group}-reclaim")
+        try:
+            await self._until_connected(self._resume_own_pending)
+            await self._read_loop()
+        finally:
+            self._stopping.set()
+            await self._drain()
+            # Background loops end on the stop flag rather than by cancellation: a cancel landing
+            # inside a Redis call can be swallowed by the client and leave the task hanging.
+            self._acks_closed = True
+            self._ack_ready.set()
+            for exc in await join_tasks(reclaim_task, ack_task, timeout=10.0):
+                log.error("bus.background_task_failed", group=self.group, error=str(exc))
+            await self._flush_acks(deadline=time.monotonic() + 5.0)
+
+    async def _drain(self) -> None:
+        if not self._inflight:
+            return
+        tasks = [f.task for f in self._inflight.values()]
+        log.info("bus.draining", group=self.group, inflight=len(tasks), grace_s=self.grace_s)
+        _, pending = await asyncio.wait(tasks, timeout=self.grace_s)
+        if pending:
+            # Not acknowledged: the messages stay pending and another replica reclaims them.
+            log.warning("bus.drain_timeout", group=self.group, cancelled=len(pending))
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=5.0)
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Sleep, returning early (False) when the consumer is stopping."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+        return not self._stopping.is_set()
+
+    async def _until_connected(self, op: Callable[[], Awaitable[None]]) -> None:
+        attempt = 0
+        while not self._stopping.is_set():
+            try:
+                await op()
+                self._connected = True
+                return
+            except CONNECTION_ERRORS as exc:
+                attempt += 1
+                self._connected = False
+                delay = backoff_delay(attempt, base=0.1, cap=5.0)
+                log.warning(
+                    "bus.redis_unavailable", group=self.group, error=str(exc), retry_in=delay
+                )
+                await self._sleep(delay)
+
+    async def _ensure_groups(self) -> None:
+        for channel in self.channels:
+            await self.bus.ensure_group(channel, self.group)
+
+    # ------------------------------------------------------------------ reading
+
+    async def _read_loop(self) -> None:
+        attempt = 0
+        streams: dict[Any, Any] = dict.fromkeys(self.channels, ">")
+        while not self._stopping.is_set():
+            free = self.concurrency - len(self._inflight)
+            if free <= 0:
+                self._slot_freed.clear()
+                await _first(self._slot_freed.wait(), self._stopping.wait())
+                continue
+            try:
+                response = await self.redis.xreadgroup(
+                    self.group, self.name, streams, count=free, block=self.block_ms
+                )
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    # Redis lost the group (restarted without persistence, stream deleted).
+                    log.warning("bus.group_missing", group=self.group, error=str(exc))
+                    await self._until_connected(self._ensure_groups)
+                    continue
+                raise
+            except CONNECTION_ERRORS as exc:
+                attempt += 1
+                self._connected = False
+                delay = backoff_delay(attempt, base=0.1, cap=5.0)
+                log.warning("bus.read_failed", group=self.group, error=str(exc), retry_in=delay)
+                await self._sleep(delay)
+                continue
+            attempt = 0
+            self._connected = True
+            for channel, messages in _stream_items(response):
+                for message_id, fields in messages:
+                    self._dispatch(channel, message_id, fields, attempt=1)
+
+    def _dispatch(
+        self, channel: str, message_id: str, fields: dict[str, str] | None, attempt: int
+    ) -> None:
+        key = (channel, message_id)
+        if key in self._inflight:
+            return
+        task = asyncio.create_task(self._process(channel, message_id, fields, attempt))
+        self._inflight[key] = _InFlight(task, channel, message_id)
+
+        def done(_: asyncio.Task[None]) -> None:
+            self._inflight.pop(key, None)
+            self._slot_freed.set()
+
+        task.add_done_callback(done)
+
+    async def _process(
+        self, channel: str, message_id: str, fields: dict[str, str] | None, attempt: int
+    ) -> None:
+        raw = (fields or {}).get("event")
+        try:
+            event = parse_event(raw, channel)
+        except InvalidEventError as exc:
+            self.stats.invalid += 1
+            log.error(
+                "bus.invalid_event",
+                channel=channel,
+                message_id=message_id,
+                group=self.group,
+                error=str(exc),
+            )
+            await self._dead_letter(channel, message_id, raw or repr(fields), str(exc), attempt)
+            return
+        while True:
+            try:
+                key = self.partition_key(event) if self.partition_key else None
+                async with self._locks.hold(key):
+                    await self.handler(event)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # loop boundary: one bad message never kills the consumer
+                self.stats.failed += 1
+                error = f"{type(exc).__name__}: {exc}"
+                if attempt >= self.max_deliveries:
+                    log.error(
+                        "bus.dead_lettered",
+                        channel=channel,
+                        message_id=message_id,
+                        event_id=event.id,
+                        attempts=attempt,
+                        error=error,
+                    )
+                    await self._dead_letter(channel, message_id, raw or "", error, attempt)
+                    return
+                delay = backoff_delay(attempt, base=self.retry_backoff_s, cap=30.0)
+                log.warning(
+                    "bus.handler_failed",
+                    channel=channel,
+                    message_id=message_id,
+                    event_id=event.id,
+                    attempt=attempt,
+                    retry_in=round(delay, 3),
+                    error=error,
+                    exc_info=exc,
+                )
+                if not await self._sleep(delay):
+                    return  # stopping: left pending, redelivered later
+                if not await self._claim_for_retry(channel, message_id, delay):
+                    return
+                attempt += 1
+                continue
+            self.stats.handled += 1
+            self._ack(channel, message_id)
+            return
+
+    async def _claim_for_retry(self, channel: str, message_id: str, waited_s: float) -> bool:
+        """Redeliver to ourselves (XCLAIM bumps the delivery counter). False when someone else
+        took the message meanwhile or it was trimmed away."""
+        min_idle = int(waited_s * 1000 * 0.9)
+        while not self._stopping.is_set():
+            try:
+                claimed = await self.redis.xclaim(
+                    channel, self.group, self.name, min_idle, [message_id]
+                )
+                return bool(claimed)
+            except CONNECTION_ERRORS:
+                await self._sleep(0.5)
+        return False
+
+    async def _dead_letter(
+        self, channel: str, message_id: str, raw: str, error: str, attempts: int
+    ) -> None:
+        self.stats.dead_lettered += 1
+
+        async def move() -> None:
+            await self.bus.dead_letter(
+                channel=channel,
+                group=self.group,
+                consumer=self.name,
+                message_id=message_id,
+                raw=raw,
+                error=error,
+                attempts=attempts,
+            )
+
+        await self._until_connected(move)
+
+    # ------------------------------------------------------------------ acknowledging
+
+    def _ack(self, channel: str, message_id: str) -> None:
+        self._acks[channel].append(message_id)
+        self._ack_ready.set()
+
+    async def _ack_loop(self) -> None:
+        while True:
+            await self._ack_ready.wait()
+            self._ack_ready.clear()
+            sent = await self._send_acks()
+            if self._acks_closed:
+                return  # the final flush happens in run()
+            if not sent:
+                await asyncio.sleep(0.5)
+                self._ack_ready.set()
+
+    async def _send_acks(self) -> bool:
+        if not self._acks:
+            return True
+        batch, self._acks = self._acks, defaultdict(list)
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for channel, ids in batch.items():
+                pipe.xack(channel, self.group, *ids)
+            await pipe.execute()
+            return True
+        except CONNECTION_ERRORS as exc:
+            for channel, ids in batch.items():
+                self._acks[channel][:0] = ids
+            log.warning("bus.ack_failed", group=self.group, error=str(exc), pending=len(batch))
+            return False
+
+    async def _flush_acks(self, deadline: float) -> None:
+        while self._acks and time.monotonic() < deadline:
+            if not await self._send_acks():
+                await asyncio.sleep(0.2)
+        if self._acks:
+            # Redis still down at shutdown: these will be redelivered (at-least-once).
+            log.warning(
+                "bus.acks_unsent", group=self.group, count=sum(map(len, self._acks.values()))
+            )
+
+    # ------------------------------------------------------------------ reclaiming
+
+    async def _resume_own_pending(self) -> None:
+        """Messages this consumer name held in a previous life (same instance name) are ours."""
+        for channel in self.channels:
+            entries = await self.redis.xpending_range(
+                channel,
+                self.group,
+                min="-",
+                max="+",
+                count=self.concurrency,
+                consumername=self.name,
+            )
+            await self._claim_entries(channel, entries, min_idle=0)
+
+    async def _reclaim_loop(self) -> None:
+        while await self._sleep(self.reclaim_interval_s):
+            try:
+                await self._keep_claims_fresh()
+                for channel in self.channels:
+                    free = self.concurrency - len(self._inflight)
+                    if free <= 0:
+                        break
+                    entries = await self.redis.xpending_range(
+                        channel, self.group, min="-", max="+", count=free, idle=self.claim_idle_ms
+                    )
+                    await self._claim_entries(channel, entries, min_idle=self.claim_idle_ms)
+            except CONNECTION_ERRORS as exc:
+                log.warning("bus.reclaim_failed", group=self.group, error=str(exc))
+            except Exception:  # loop boundary
+                log.exception("bus.reclaim_error", group=self.group)
+
+    async def _keep_claims_fresh(self) -> None:
+        """A live, slow handler resets its messages' idle time so nobody reclaims them."""
+        now = time.monotonic()
+        stale: dict[str, list[str]] = defaultdict(list)
+        for flight in self._inflight.values():
+            if (now - flight.claimed_at) * 1000 >= self.claim_idle_ms / 3:
+                stale[flight.channel].append(flight.message_id)
+                flight.claimed_at = now
+        for channel, ids in stale.items():
+            await self.redis.xclaim(channel, self.group, self.name, 0, list[Any](ids), justid=True)
+
+    async def _claim_entries(
+        self, channel: str, entries: list[dict[str, Any]], *, min_idle: int
+    ) -> None:
+        for entry in entries:
+            message_id = str(entry["message_id"])
+            if (channel, message_id) in self._inflight:
+                continue
+            delivered = int(entry["times_delivered"])
+            claimed: list[Any] = await self.redis.xclaim(
+                channel, self.group, self.name, min_idle, [message_id]
+            )
+            if not claimed:
+                continue  # another replica was faster, or the entry was trimmed
+            fields: dict[str, str] | None = claimed[0][1]
+            if delivered >= self.max_deliveries:
+                owner = entry.get("consumer")
+                error = (
+                    f"not acknowledged after {delivered} deliveries "
+                    f"(last consumer {owner} crashed or stalled)"
+                )
+                log.error("bus.dead_lettered", channel=channel, message_id=message_id, error=error)
+                raw = (fields or {}).get("event", repr(fields))
+                await self._dead_letter(channel, message_id, raw, error, delivered)
+                continue
+            self.stats.reclaimed += 1
+            log.info(
+                "bus.reclaimed",
+                channel=channel,
+                message_id=message_id,
+                from_consumer=entry.get("consumer"),
+                delivery=delivered + 1,
+            )
+            self._dispatch(channel, message_id, fields, attempt=delivered + 1)
+
+
+def _stream_items(response: Any) -> Iterable[tuple[str, list[tuple[str, dict[str, str] | None]]]]:
+    """XREADGROUP replies are a list of [stream, messages] (RESP2) or a dict (RESP3)."""
+    if not response:
+        return []
+    if isinstance(response, dict):
+        return [(str(k), v[0] if v and isinstance(v[0], list) else v) for k, v in response.items()]
+    return [(str(stream), messages) for stream, messages in response]
+
+
+async def _first(*aws: Awaitable[Any]) -> None:
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()

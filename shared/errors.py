@@ -1,0 +1,84 @@
+"""HemoStat's one exception tree.
+
+Every error HemoStat raises on purpose is a ``HemoStatError``. Boundaries (Redis, Docker, LLM
+SDKs, HTTP) wrap the library's exception with ``raise ... from`` so callers handle one family and
+the original cause stays in the traceback.
+
+    HemoStatError
+    ├── ConfigError            settings or a file the operator wrote is invalid
+    │   └── RunbookError       a runbook failed validation (file, field, reason)
+    ├── InvalidEventError      bytes on a channel are not a valid event envelope
+    ├── BusError               the event bus could not do what was asked
+    │   └── BusUnavailable     Redis is unreachable (after bounded retries)
+    ├── DockerError            the Docker engine refused or failed a call
+    │   ├── DockerUnavailable  the daemon cannot be reached
+    │   └── ContainerNotFound  the target container does not exist
+    ├── LLMError               the LLM gave no usable answer (the rules decision stands)
+    ├── ActionRejected         a remediation was refused by a guard or the action policy
+    ├── ApprovalError          an approval decision could not be applied (expired, decided, ...)
+    └── NotificationError      a notification channel failed after its retries
+"""
+
+from __future__ import annotations
+
+
+class HemoStatError(Exception):
+    """Base class of every error HemoStat raises on purpose."""
+
+
+class ConfigError(HemoStatError):
+    """Settings or an operator-written file are invalid."""
+
+
+class RunbookError(ConfigError):
+    """A runbook failed validation; the message names the file, the field and the reason."""
+
+
+class InvalidEventError(HemoStatError):
+    """Bytes read from a channel are not a valid event (bad JSON or envelope/payload mismatch)."""
+
+
+class BusError(HemoStatError):
+    """The event bus could not complete an operation."""
+
+
+class BusUnavailable(BusError):
+    """Redis could not be reached, even after bounded retries."""
+
+
+class DockerError(HemoStatError):
+    """The Docker engine refused or failed a call."""
+
+
+class DockerUnavailable(DockerError):
+    """The Docker daemon cannot be reached."""
+
+
+class ContainerNotFound(DockerError):
+    """The container a request names does not exist."""
+
+
+class LLMError(HemoStatError):
+    """The LLM gave no usable answer; ``reason`` is a short machine-readable cause."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class ActionRejected(HemoStatError):
+    """A remediation was refused; ``guard`` names the guard or policy that refused it."""
+
+    def __init__(self, guard: str, reason: str) -> None:
+        super().__init__(f"{guard}: {reason}")
+        self.guard = guard
+        self.reason = reason
+
+
+class ApprovalError(HemoStatError):
+    """An approval decision could not be applied (unknown, expired or already decided)."""
+
+
+class NotificationError(HemoStatError):
+    """A notification channel failed after its retries."""

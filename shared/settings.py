@@ -1,0 +1,199 @@
+"""The one settings object. Every knob is an environment variable (12-factor); `.env.example`
+documents each with its default. Later sections (one per agent) are mixed into `Settings`.
+
+Names follow what operators already know: `REDIS_URL`, `DOCKER_HOST` and the SDKs' own variables
+are read unprefixed; HemoStat's own knobs carry the `HEMOSTAT_` prefix.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import socket
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.errors import ConfigError
+from shared.model import describe_validation_error
+
+ENV_PREFIX = "HEMOSTAT_"
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+
+
+class LogFormat(StrEnum):
+    AUTO = "auto"  # console on a TTY, JSON otherwise (containers, pipes)
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class CoreSettings(_Section):
+    """Core: where Redis and Docker are, naming, logging."""
+
+    redis_url: SecretStr | None = Field(
+        default=None,
+        validation_alias="REDIS_URL",
+        description="Redis URL (redis://[:password@]host:port/db). Unset: agents use "
+        "redis://localhost:6379/0 and `hemostat run` starts a private redis-server.",
+    )
+    docker_host: str | None = Field(
+        default=None,
+        validation_alias="DOCKER_HOST",
+        description="Docker engine address as the docker CLI reads it (unset: the local socket).",
+    )
+    host_name: str = Field(
+        default_factory=socket.gethostname,
+        description="Name of this Docker host in events (default: the machine's hostname).",
+    )
+    instance: str | None = Field(
+        default=None,
+        description="Instance (consumer) name of this agent process (default: <host>-<pid>). "
+        "Keep it stable across restarts to resume this instance's pending messages at once.",
+    )
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    log_format: LogFormat = Field(
+        default=LogFormat.AUTO, description="auto (console on a TTY, JSON otherwise), json, console."
+    )
+    state_dir: Path = Field(
+        default=Path(".state"), description="Local state for `hemostat run` (Redis data, logs)."
+    )
+
+
+class BusSettings(_Section):
+    """Event bus (Redis Streams)."""
+
+    stream_maxlen: int = Field(
+        default=100_000, ge=100, description="Approximate length bound of each channel's stream."
+    )
+    dead_letter_maxlen: int = Field(
+        default=100_000, ge=100, description="Approximate length bound of the dead-letter stream."
+    )
+    bus_block_ms: int = Field(
+        default=1_000, ge=10, le=30_000, description="How long one read blocks waiting for events."
+    )
+    bus_max_deliveries: int = Field(
+        default=5, ge=1, description="Deliveries of a failing event before it is dead-lettered."
+    )
+    bus_claim_idle_ms: int = Field(
+        default=30_000,
+        ge=100,
+        description="Idle time after which a dead consumer's pending event is reclaimed.",
+    )
+    bus_reclaim_interval_s: float = Field(
+        default=5.0, gt=0, description="How often each consumer looks for events to reclaim."
+    )
+    bus_retry_backoff_s: float = Field(
+        default=0.5, ge=0, description="First retry delay of a failed handler (doubles each time)."
+    )
+    bus_concurrency: int = Field(
+        default=16, ge=1, le=1024, description="Handlers running at once per agent process."
+    )
+
+
+class AgentSettings(_Section):
+    """Agent lifecycle."""
+
+    heartbeat_interval_s: float = Field(
+        default=5.0, gt=0, description="How often each agent refreshes its heartbeat key."
+    )
+    heartbeat_ttl_s: float = Field(
+        default=20.0, gt=0, description="Heartbeat key TTL: an agent silent this long is down."
+    )
+    shutdown_grace_s: float = Field(
+        default=20.0, ge=0, description="On SIGTERM, how long in-flight handlers may still run."
+    )
+
+
+# Sections in the order `.env.example` lists them; later issues add one per agent.
+SECTIONS: tuple[type[_Section], ...] = (CoreSettings, BusSettings, AgentSettings)
+
+
+class Settings(CoreSettings, BusSettings, AgentSettings, BaseSettings):
+    """All of HemoStat's configuration. Build it once at the entry point and pass it down."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        # The environment (and a .env shared with docker compose) holds many foreign variables;
+        # unknown HEMOSTAT_* names are still refused by `load_settings`.
+        extra="ignore",
+        frozen=True,
+        validate_by_name=True,
+        env_ignore_empty=True,  # `KEY=` in .env means "unset", as .env.example shows
+    )
+
+    def effective_redis_url(self) -> str:
+        return self.redis_url.get_secret_value() if self.redis_url else DEFAULT_REDIS_URL
+
+    def instance_name(self) -> str:
+        return self.instance or f"{self.host_name}-{os.getpid()}"
+
+    def secret_values(self) -> list[str]:
+        """Every configured secret value, so the redactor can mask it wherever it appears."""
+        values = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if not isinstance(value, SecretStr) or not value.get_secret_value():
+                continue
+            raw = value.get_secret_value()
+            url = urlsplit(raw)
+            if url.scheme and url.netloc:
+                if url.password:
+                    values.append(url.password)
+                if url.scheme.startswith("redis"):
+                    continue  # only its password is secret; the address is useful in logs
+            values.append(raw)
+        return values
+
+
+def env_name(field_name: str) -> str:
+    """The environment variable that sets a field."""
+    alias = Settings.model_fields[field_name].validation_alias
+    return alias.upper() if isinstance(alias, str) else f"{ENV_PREFIX}{field_name}".upper()
+
+
+def _known_env_names() -> set[str]:
+    return {env_name(name) for name in Settings.model_fields}
+
+
+def _dotenv_keys(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    keys = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            keys.append(line.split("=", 1)[0].removeprefix("export ").strip())
+    return keys
+
+
+def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
+    """Build the settings, turning every problem into a ConfigError that names the variable.
+
+    An unknown `HEMOSTAT_*` variable is an error rather than a silent no-op: a typo such as
+    `HEMOSTAT_DRYRUN=false` must not quietly leave the operator with a different system.
+    """
+    known = _known_env_names()
+    candidates = [k for k in os.environ if k.upper().startswith(ENV_PREFIX)]
+    if env_file is not None:
+        candidates += [k for k in _dotenv_keys(Path(env_file)) if k.upper().startswith(ENV_PREFIX)]
+    unknown = sorted({k for k in candidates if k.upper() not in known})
+    if unknown:
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name.upper(), known, n=1)
+            hints.append(f"{name} (did you mean {close[0]}?)" if close else name)
+        raise ConfigError("unknown setting(s): " + ", ".join(hints))
+    try:
+        return Settings(_env_file=env_file, **overrides)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, env_prefix=ENV_PREFIX)) from exc

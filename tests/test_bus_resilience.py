@@ -1,0 +1,174 @@
+"""Failure modes of the bus with real processes: a consumer killed mid-message, Redis restarted
+mid-stream, a slow handler, a graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+from redis.asyncio import Redis
+
+from shared.bus import Bus
+from shared.events import Channel
+from tests.support import factories
+from tests.support.bus import running, wait_until
+from tests.support.services import redis_server
+
+pytestmark = pytest.mark.redis
+
+
+def consumer(bus, handler, name, **kw):
+    opts = dict(
+        group="g",
+        name=name,
+        channels=[Channel.HEALTH_ALERT],
+        handler=handler,
+        block_ms=50,
+        claim_idle_ms=500,
+        reclaim_interval_s=0.1,
+        retry_backoff_s=0.02,
+        grace_s=5,
+    )
+    return bus.consumer(**(opts | kw))
+
+
+async def test_message_of_a_killed_consumer_is_delivered_to_another(redis, redis_url):
+    bus = Bus(redis)
+    await bus.ensure_group(Channel.HEALTH_ALERT, "g")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.consumer_proc", redis_url, "doomed"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=os.getcwd(),
+    )
+    try:
+        event = factories.health_alert()
+        await bus.publish(event)
+        line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), timeout=20)
+        assert line.strip() == f"got {event.id}"
+    finally:
+        proc.kill()  # SIGKILL: no chance to acknowledge or clean up
+        proc.wait()
+        proc.stdout.close()
+    pending = await redis.xpending_range(Channel.HEALTH_ALERT, "g", "-", "+", 10)
+    assert [(p["consumer"], p["times_delivered"]) for p in pending] == [("doomed", 1)]
+
+    received = []
+
+    async def handler(ev):
+        received.append(ev.id)
+
+    survivor = consumer(bus, handler, "survivor")
+    async with running(survivor):
+        await wait_until(lambda: received, timeout=10, what="reclaimed delivery")
+        await wait_until(lambda: survivor.stats.handled == 1)
+    assert received == [event.id]
+    assert survivor.stats.reclaimed == 1
+    assert (await redis.xpending(Channel.HEALTH_ALERT, "g"))["pending"] == 0
+
+
+async def test_a_slow_live_handler_keeps_its_message(redis):
+    bus = Bus(redis)
+    await bus.ensure_group(Channel.HEALTH_ALERT, "g")
+    calls: Counter[str] = Counter()
+
+    def slow_handler(name):
+        async def handler(ev):
+            calls[name] += 1
+            await asyncio.sleep(1.6)  # > 3x claim_idle_ms
+
+        return handler
+
+    a = consumer(bus, slow_handler("a"), "a")
+    b = consumer(bus, slow_handler("b"), "b")
+    async with running(a):
+        await bus.publish(factories.health_alert())
+        await wait_until(lambda: calls["a"] == 1)
+        async with running(b):
+            await wait_until(lambda: a.stats.handled == 1, timeout=5)
+    assert calls == {"a": 1}, "the live consumer's message was stolen"
+
+
+async def test_graceful_stop_finishes_in_flight_work_and_acknowledges_it(redis):
+    bus = Bus(redis)
+    await bus.ensure_group(Channel.HEALTH_ALERT, "g")
+    started = asyncio.Event()
+    finished = []
+
+    async def handler(ev):
+        started.set()
+        await asyncio.sleep(0.5)
+        finished.append(ev.id)
+
+    c = consumer(bus, handler, "a", grace_s=5)
+    task = asyncio.create_task(c.run())
+    event = factories.health_alert()
+    await bus.publish(event)
+    await asyncio.wait_for(started.wait(), 5)
+    c.stop()
+    await asyncio.wait_for(task, 10)
+    assert finished == [event.id]
+    assert (await redis.xpending(Channel.HEALTH_ALERT, "g"))["pending"] == 0
+
+
+async def test_work_cut_off_by_the_grace_period_stays_pending_for_redelivery(redis):
+    bus = Bus(redis)
+    await bus.ensure_group(Channel.HEALTH_ALERT, "g")
+    started = asyncio.Event()
+
+    async def handler(ev):
+        started.set()
+        await asyncio.sleep(30)
+
+    c = consumer(bus, handler, "a", grace_s=0.2)
+    task = asyncio.create_task(c.run())
+    await bus.publish(factories.health_alert())
+    await asyncio.wait_for(started.wait(), 5)
+    c.stop()
+    await asyncio.wait_for(task, 5)
+    assert (await redis.xpending(Channel.HEALTH_ALERT, "g"))["pending"] == 1
+
+
+async def test_redis_restarted_mid_stream_loses_no_events(tmp_path):
+    server = redis_server(tmp_path / "redis")
+    redis = Redis.from_url(server.url, decode_responses=True)
+    try:
+        bus = Bus(redis)
+        await bus.ensure_group(Channel.HEALTH_ALERT, "g")
+        seen: Counter[str] = Counter()
+
+        async def handler(ev):
+            seen[ev.id] += 1
+
+        a = consumer(bus, handler, "a", concurrency=8)
+        b = consumer(bus, handler, "b", concurrency=8)
+        published: list[str] = []
+
+        async def publisher():
+            for i in range(1500):
+                event = factories.health_alert(f"c{i % 10}")
+                await bus.publish(event)
+                published.append(event.id)
+                if i % 50 == 0:
+                    await asyncio.sleep(0.01)
+
+        async with running(a), running(b):
+            pub = asyncio.create_task(publisher())
+            await wait_until(lambda: len(published) >= 500, timeout=30)
+            await asyncio.to_thread(server.restart, 0.3)
+            await asyncio.wait_for(pub, 60)
+            await wait_until(lambda: set(published) <= set(seen), timeout=60, what="all handled")
+            await wait_until(lambda: _pending(redis), timeout=30, what="every message acknowledged")
+        assert len(published) == 1500
+        assert set(published) <= set(seen), "events were lost"
+    finally:
+        await redis.aclose()
+        server.stop()
+
+
+async def _pending(redis) -> bool:
+    return (await redis.xpending(Channel.HEALTH_ALERT, "g"))["pending"] == 0

@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import pytest
+
+from shared.errors import ConfigError
+from shared.settings import DEFAULT_REDIS_URL, LogFormat, load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch, tmp_path):
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("HEMOSTAT_") or key in ("REDIS_URL", "DOCKER_HOST"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+
+
+def test_defaults():
+    s = load_settings()
+    assert s.effective_redis_url() == DEFAULT_REDIS_URL
+    assert s.log_format is LogFormat.AUTO
+    assert s.bus_max_deliveries == 5
+
+
+def test_environment_and_dotenv_are_read(monkeypatch, tmp_path):
+    (tmp_path / ".env").write_text("HEMOSTAT_BUS_CONCURRENCY=7\nGRAFANA_ADMIN_PASSWORD=x\n")
+    monkeypatch.setenv("REDIS_URL", "redis://:pw-123456@r:6379/2")
+    monkeypatch.setenv("HEMOSTAT_LOG_FORMAT", "json")
+    s = load_settings()
+    assert s.bus_concurrency == 7
+    assert s.log_format is LogFormat.JSON
+    assert s.effective_redis_url() == "redis://:pw-123456@r:6379/2"
+    assert "pw-123456" not in repr(s)
+    assert s.secret_values() == ["pw-123456"]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"HEMOSTAT_BUS_CONCURENCY": "3"}, "did you mean HEMOSTAT_BUS_CONCURRENCY"),
+        ({"HEMOSTAT_BUS_CONCURRENCY": "zero"}, "HEMOSTAT_BUS_CONCURRENCY: Input should be a valid"),
+        ({"HEMOSTAT_BUS_CONCURRENCY": "0"}, "greater than or equal to 1"),
+        ({"HEMOSTAT_LOG_FORMAT": "xml"}, "HEMOSTAT_LOG_FORMAT"),
+    ],
+)
+def test_bad_settings_name_the_variable(monkeypatch, env, message):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError, match=message):
+        load_settings()
+
+
+def test_unknown_setting_in_dotenv_is_refused(tmp_path):
+    (tmp_path / ".env").write_text("HEMOSTAT_DRYRUN=false\n")
+    with pytest.raises(ConfigError, match="unknown setting"):
+        load_settings()
+
+
+def test_env_example_documents_every_setting_with_its_default():
+    from pathlib import Path
+
+    from shared.env_example import render
+    from shared.settings import Settings, env_name
+
+    text = (Path(__file__).parent.parent / ".env.example").read_text()
+    assert text == render(), "regenerate: hemostat config env-example > .env.example"
+    keys = {line.split("=", 1)[0] for line in text.splitlines() if "=" in line and line[0] != "#"}
+    assert {env_name(n) for n in Settings.model_fields} <= keys
+
+
+def test_env_example_loads_as_is(tmp_path):
+    from pathlib import Path
+
+    source = Path(__file__).parent.parent / ".env.example"
+    (tmp_path / ".env").write_text(source.read_text())
+    s = load_settings()
+    assert s.bus_concurrency == 16
