@@ -17,8 +17,10 @@ def main(argv: list[str]) -> int:
             return 2
         if not importlib.import_module(BENCHES[name]).run():
             failed.append(name)
-    print(f"\n{len(names) - len(failed)}/{len(names)} benchmarks met their targets"
-          + (f"; missed: {', '.join(failed)}" if failed else ""))
+    print(
+        f"\n{len(names) - len(failed)}/{len(names)} benchmarks met their targets"
+        + (f"; missed: {', '.join(failed)}" if failed else "")
+    )
     return 1 if failed else 0
 
 

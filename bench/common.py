@@ -52,5 +52,6 @@ def header(title: str) -> None:
 def verdict(name: str, value: float, target: float, higher_is_better: bool, unit: str) -> bool:
     ok = value >= target if higher_is_better else value <= target
     cmp = ">=" if higher_is_better else "<="
-    print(f"   {name}: {value:,.1f} {unit} (target {cmp} {target:,.0f} {unit}) -> {'PASS' if ok else 'FAIL'}")
+    result = "PASS" if ok else "FAIL"
+    print(f"   {name}: {value:,.1f} {unit} (target {cmp} {target:,.0f} {unit}) -> {result}")
     return ok

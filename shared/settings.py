@@ -60,7 +60,8 @@ class CoreSettings(_Section):
     )
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
     log_format: LogFormat = Field(
-        default=LogFormat.AUTO, description="auto (console on a TTY, JSON otherwise), json, console."
+        default=LogFormat.AUTO,
+        description="auto (console on a TTY, else JSON), json, console.",
     )
     state_dir: Path = Field(
         default=Path(".state"), description="Local state for `hemostat run` (Redis data, logs)."
