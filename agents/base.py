@@ -158,6 +158,10 @@ class BaseAgent:
         if self.consumer is not None:
             self.consumer.stop()
 
+    async def wait_stopped(self) -> None:
+        """Return once the agent is asked to stop (to unblock waits on other things)."""
+        await self._stop.wait()
+
     async def sleep(self, seconds: float) -> bool:
         """Sleep up to `seconds`, returning early when the agent stops. True while running."""
         if seconds > 0 and not self._stop.is_set():

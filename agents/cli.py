@@ -49,6 +49,42 @@ def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    """Agents (heartbeats) and containers (the Monitor's snapshots), at a glance."""
+    import time
+
+    from redis.exceptions import RedisError
+
+    from shared.container_state import read_snapshots
+    from shared.redis_client import connect_sync
+
+    try:
+        with connect_sync(settings) as redis:
+            beats = read_heartbeats(redis)
+            snapshots = read_snapshots(redis, time.time(), args.max_age)
+    except RedisError as exc:
+        print(f"cannot reach Redis: {exc}", file=sys.stderr)
+        return 1
+    now = datetime.now(UTC)
+    print(f"AGENTS ({len(beats)})")
+    for beat in sorted(beats, key=lambda b: (b.agent, b.instance)):
+        age = (now - beat.beat_at).total_seconds()
+        print(f"  {beat.agent:10s} {beat.instance:28s} {beat.status:9s} beat {age:4.1f}s ago")
+    print(f"\nCONTAINERS ({len(snapshots)})")
+    columns = ("NAME", 28), ("STATE", 9), ("HEALTH", 10), ("CPU%", -6), ("MEM%", -6)
+    print("  " + " ".join(f"{n:>{-w}s}" if w < 0 else f"{n:{w}s}" for n, w in columns), end="")
+    print(" RESTARTS  ALERTS")
+    for snap in sorted(snapshots, key=lambda s: s.name):
+        cpu = f"{snap.cpu_percent:.1f}" if snap.cpu_percent is not None else "-"
+        mem = f"{snap.memory_percent:.1f}" if snap.memory_percent is not None else "-"
+        watched = "" if snap.monitored else " (not monitored)"
+        print(
+            f"  {snap.name[:28]:28s} {snap.state:9s} {snap.health or '-':10s} {cpu:>6s} {mem:>6s} "
+            f"{snap.restart_count:>8d}  {','.join(snap.active_alerts) or '-'}{watched}"
+        )
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     from shared.env_example import render
 
@@ -69,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--instance", help="require this exact instance")
     check.add_argument("--any-host", action="store_true", help="accept instances on any host")
     check.set_defaults(func=_cmd_check)
+    status = sub.add_parser("status", help="agents and containers at a glance")
+    status.add_argument("--max-age", type=float, default=300.0, help="ignore older snapshots (s)")
+    status.set_defaults(func=_cmd_status)
+
     config = sub.add_parser("config", help="configuration helpers")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     env_example = config_sub.add_parser("env-example", help="print .env.example")

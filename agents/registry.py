@@ -17,7 +17,9 @@ if TYPE_CHECKING:
 AgentFactory = Callable[["Settings", "Redis"], "BaseAgent"]
 
 # name -> "module:function" building the agent with its real collaborators.
-AGENTS: dict[str, str] = {}
+AGENTS: dict[str, str] = {
+    "monitor": "agents.monitor.agent:build",
+}
 
 
 def load_factory(name: str) -> AgentFactory:

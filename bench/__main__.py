@@ -5,10 +5,17 @@ import sys
 
 BENCHES = {
     "bus": "bench.bus_throughput",
+    "monitor-latency": "bench.monitor_latency",
+    "monitor-poll": "bench.monitor_poll",
+    "monitor-rss": "bench.monitor_rss",
 }
 
 
 def main(argv: list[str]) -> int:
+    from shared.log import configure_logging
+    from shared.settings import LogFormat
+
+    configure_logging("WARNING", LogFormat.CONSOLE)
     names = argv or list(BENCHES)
     failed = []
     for name in names:

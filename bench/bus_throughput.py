@@ -24,10 +24,28 @@ def raw_xadd_rate(url: str, port: int, payload: str, n: int = 100_000) -> tuple[
     """Raw Redis XADD rate with the same payload, pipelined (redis-benchmark when present)."""
     if shutil.which("redis-benchmark"):
         out = subprocess.run(
-            ["redis-benchmark", "-p", str(port), "-n", str(n), "-P", "100", "-q",
-             "XADD", "bench:raw", "MAXLEN", "~", "100000", "*", "event", payload],
-            capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
+            [
+                "redis-benchmark",
+                "-p",
+                str(port),
+                "-n",
+                str(n),
+                "-P",
+                "100",
+                "-q",
+                "XADD",
+                "bench:raw",
+                "MAXLEN",
+                "~",
+                "100000",
+                "*",
+                "event",
+                payload,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         # e.g. "XADD bench:raw ...: 312500.00 requests per second, p50=..."
         rate = float(out.split("requests per second")[0].rsplit(":", 1)[1].strip().split()[-1])
         return rate, "redis-benchmark -P 100"

@@ -53,5 +53,45 @@ def verdict(name: str, value: float, target: float, higher_is_better: bool, unit
     ok = value >= target if higher_is_better else value <= target
     cmp = ">=" if higher_is_better else "<="
     result = "PASS" if ok else "FAIL"
-    print(f"   {name}: {value:,.1f} {unit} (target {cmp} {target:,.0f} {unit}) -> {result}")
+    shown = f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}"
+    print(f"   {name}: {shown} {unit} (target {cmp} {target:,.0f} {unit}) -> {result}")
     return ok
+
+
+BENCH_LABEL = "hemostat.bench"
+
+
+@contextlib.contextmanager
+def containers(
+    client: object, image: str, count: int, cmd: list[str], **kw: object
+) -> Iterator[list[object]]:
+    """`count` running containers labelled for the benchmark; removed afterwards."""
+    made: list[object] = []
+    try:
+        for _ in range(count):
+            made.append(
+                client.containers.run(  # type: ignore[attr-defined]
+                    image, cmd, labels={BENCH_LABEL: "1"}, detach=True, **kw
+                )
+            )
+        yield made
+    finally:
+        for container in client.containers.list(all=True, filters={"label": BENCH_LABEL}):  # type: ignore[attr-defined]
+            with contextlib.suppress(Exception):
+                container.remove(force=True)
+
+
+def rss_kb(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of a process in kB."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("VmRSS:", "VmHWM:")):
+            key, value = line.split(":", 1)
+            values[key] = int(value.split()[0])
+    return values["VmRSS"], values["VmHWM"]
+
+
+def agent_env(redis_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEMOSTAT_")}
+    env |= {"REDIS_URL": redis_url, "HEMOSTAT_LOG_LEVEL": "WARNING", "HEMOSTAT_LOG_FORMAT": "json"}
+    return env | extra

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -33,7 +33,7 @@ from shared.events import DEAD_LETTER_STREAM, Envelope, Event, encode_event, par
 from shared.log import get_logger
 from shared.redis_client import CONNECTION_ERRORS
 from shared.settings import Settings
-from shared.tasks import join_tasks
+from shared.tasks import KeyedLocks, join_tasks
 
 log = get_logger(__name__)
 
@@ -227,30 +227,6 @@ class _InFlight:
     claimed_at: float = field(default_factory=time.monotonic)
 
 
-class _KeyedLocks:
-    """One lock per partition key, dropped when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @contextlib.asynccontextmanager
-    async def hold(self, key: str | None) -> AsyncIterator[None]:
-        if key is None:
-            yield
-            return
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users <= 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
-
-
 class Consumer:
     """One consumer of a group over several channels. `run()` until `stop()`, then drains."""
 
@@ -294,7 +270,7 @@ class Consumer:
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._acks_closed = False
-        self._locks = _KeyedLocks()
+        self._locks = KeyedLocks()
         self._connected = True
 
     # ------------------------------------------------------------------ lifecycle

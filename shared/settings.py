@@ -113,11 +113,91 @@ class AgentSettings(_Section):
     )
 
 
+class StatsSource(StrEnum):
+    AUTO = "auto"  # cgroup files when visible, else the Docker stats API
+    CGROUP = "cgroup"
+    API = "api"
+
+
+class MonitorSettings(_Section):
+    """Monitor agent: detection."""
+
+    monitor_poll_interval_s: float = Field(
+        default=30.0, gt=0, description="Seconds between resource polls of every container."
+    )
+    monitor_cpu_threshold: float = Field(
+        default=85.0, gt=0, le=100, description="CPU % of the container's allowance that alerts."
+    )
+    monitor_memory_threshold: float = Field(
+        default=80.0, gt=0, le=100, description="Memory % of the container's limit that alerts."
+    )
+    monitor_sustained_samples: int = Field(
+        default=3, ge=1, description="Consecutive samples over a threshold before alerting."
+    )
+    monitor_hysteresis: float = Field(
+        default=5.0, ge=0, description="Points under the threshold a value must fall to clear."
+    )
+    monitor_realert_interval_s: float = Field(
+        default=1800.0, gt=0, description="While a problem lasts, re-alert at most this often."
+    )
+    monitor_min_alert_gap_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="New alerts of one kind per container at most this often.",
+    )
+    monitor_restart_loop_count: int = Field(
+        default=3, ge=2, description="Unplanned deaths within the window that make a restart loop."
+    )
+    monitor_restart_loop_window_s: float = Field(
+        default=300.0, gt=0, description="Window of the restart-loop detector."
+    )
+    monitor_recovery_window_s: float = Field(
+        default=60.0, ge=0, description="Running (and healthy) this long after a crash = recovered."
+    )
+    monitor_baseline_enabled: bool = Field(
+        default=True, description="Flag values far above a container's own EWMA baseline."
+    )
+    monitor_baseline_min_samples: int = Field(
+        default=20, ge=2, description="Samples learned before the baseline judges."
+    )
+    monitor_baseline_z: float = Field(
+        default=4.0, gt=0, description="Standard deviations above the baseline that are unusual."
+    )
+    monitor_baseline_min_delta: float = Field(
+        default=15.0, ge=0, description="...and at least this many points above it."
+    )
+    monitor_stats_source: StatsSource = Field(
+        default=StatsSource.AUTO, description="auto, cgroup or api."
+    )
+    monitor_stats_concurrency: int = Field(
+        default=16, ge=1, le=128, description="Docker API calls in flight at once."
+    )
+    monitor_log_tail_lines: int = Field(
+        default=20, ge=0, le=500, description="Log lines (redacted) attached to an alert."
+    )
+    monitor_include_stack: bool = Field(
+        default=False, description="Also watch HemoStat's own containers (label hemostat.stack)."
+    )
+    cgroup_root: Path = Field(
+        default=Path("/sys/fs/cgroup"), description="Where the host's cgroup filesystem is mounted."
+    )
+    proc_root: Path = Field(
+        default=Path("/proc"), description="Where the host's /proc is (for network counters)."
+    )
+    webhook_host: str = Field(default="0.0.0.0", description="Alertmanager webhook bind address.")
+    webhook_port: int = Field(
+        default=8090, ge=0, le=65535, description="Alertmanager webhook port (0: disabled)."
+    )
+    webhook_token: SecretStr | None = Field(
+        default=None, description="If set, the webhook requires `Authorization: Bearer <token>`."
+    )
+
+
 # Sections in the order `.env.example` lists them; later issues add one per agent.
-SECTIONS: tuple[type[_Section], ...] = (CoreSettings, BusSettings, AgentSettings)
+SECTIONS: tuple[type[_Section], ...] = (CoreSettings, BusSettings, AgentSettings, MonitorSettings)
 
 
-class Settings(CoreSettings, BusSettings, AgentSettings, BaseSettings):
+class Settings(CoreSettings, BusSettings, AgentSettings, MonitorSettings, BaseSettings):
     """All of HemoStat's configuration. Build it once at the entry point and pass it down."""
 
     model_config = SettingsConfigDict(

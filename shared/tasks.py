@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 
@@ -24,3 +26,31 @@ async def join_tasks(*tasks: asyncio.Task[Any], timeout: float) -> list[BaseExce
         for task in tasks
         if task.done() and not task.cancelled() and (exc := task.exception()) is not None
     ]
+
+
+class KeyedLocks:
+    """One asyncio lock per key, dropped when nobody holds or waits for it. Locks are FIFO, so
+    work for one key runs in the order it arrived while other keys proceed concurrently."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+    @contextlib.asynccontextmanager
+    async def hold(self, key: str | None) -> AsyncIterator[None]:
+        if key is None:
+            yield
+            return
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users <= 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)

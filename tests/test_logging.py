@@ -41,8 +41,14 @@ def test_secrets_are_masked_in_every_log_line(json_log):
         log.exception("handler failed")
     logging.getLogger("thirdparty").warning("lib says api_key=plainvalue123")
     text = json_log.getvalue()
-    for secret in ("hunter2hunter2", "ABCDEFGHIJKLMNOPQRST", "p4ssw0rd-value",
-                   "abcdefghijklmnopqrstuvwxyz", CANARY, "plainvalue123"):  # fmt: skip
+    for secret in (
+        "hunter2hunter2",
+        "ABCDEFGHIJKLMNOPQRST",
+        "p4ssw0rd-value",
+        "abcdefghijklmnopqrstuvwxyz",
+        CANARY,
+        "plainvalue123",
+    ):
         assert secret not in text
     first, second, third = lines(json_log)
     assert first["container"] == "web-1", "ordinary fields are left alone"

@@ -1,0 +1,1 @@
+"""The Monitor: the detection plane. Turns what happens to containers into health alerts."""

@@ -1,0 +1,245 @@
+"""Alertmanager intake: `POST /webhook/alertmanager` with a version 4 webhook payload.
+
+Parsing and conversion are pure; `WebhookServer` is a small stdlib HTTP server in a thread that
+hands each request body to a coroutine on the agent's event loop and answers with its result."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import hmac
+import json
+import threading
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from shared.events import AlertKind, AlertStatus, Detector, HealthAlert, Severity
+from shared.log import get_logger
+from shared.model import describe_validation_error
+
+log = get_logger(__name__)
+
+WEBHOOK_PATH = "/webhook/alertmanager"
+MAX_BODY = 1 << 20
+
+
+class InvalidPayload(ValueError):
+    """The request body is not a valid Alertmanager v4 webhook payload."""
+
+
+class _External(BaseModel):
+    # Alertmanager may add fields in new versions: tolerate them, validate what we use.
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+
+class AMAlert(_External):
+    status: Literal["firing", "resolved"]
+    labels: dict[str, str] = Field(min_length=1)
+    annotations: dict[str, str] = {}
+    starts_at: AwareDatetime = Field(alias="startsAt")
+    ends_at: datetime | None = Field(default=None, alias="endsAt")
+    generator_url: str = Field(default="", alias="generatorURL")
+    fingerprint: str = Field(min_length=1)
+
+    @property
+    def alertname(self) -> str:
+        return self.labels.get("alertname", "unnamed")
+
+    def dedup_key(self) -> str:
+        """Same alert, same episode, same status: one health alert, however often delivered."""
+        raw = f"{self.fingerprint}|{self.starts_at.isoformat()}|{self.status}"
+        return hashlib.sha256(raw.encode()).hexdigest()[:32]
+
+
+class AMPayload(_External):
+    version: Literal["4"]
+    status: Literal["firing", "resolved"]
+    receiver: str = ""
+    group_key: str = Field(default="", alias="groupKey")
+    external_url: str = Field(default="", alias="externalURL")
+    alerts: list[AMAlert] = Field(min_length=1)
+
+
+def parse_payload(body: bytes) -> AMPayload:
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidPayload(f"body is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidPayload("body must be a JSON object")
+    try:
+        return AMPayload.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidPayload(describe_validation_error(exc)) from exc
+
+
+_SEVERITY = {
+    "critical": Severity.CRITICAL,
+    "page": Severity.CRITICAL,
+    "error": Severity.CRITICAL,
+    "warning": Severity.WARNING,
+    "warn": Severity.WARNING,
+    "info": Severity.INFO,
+    "none": Severity.INFO,
+}
+
+
+@dataclass(frozen=True)
+class ExternalAlert:
+    """One Alertmanager alert, converted: what the Monitor publishes for it."""
+
+    dedup_key: str
+    severity: Severity
+    container_name: str | None
+    container_id: str | None
+    service: str | None
+    payload: HealthAlert
+    occurred_at: datetime
+
+
+def convert(alert: AMAlert) -> ExternalAlert:
+    labels = alert.labels
+    container = labels.get("container") or labels.get("container_name") or labels.get("name")
+    container_id = labels.get("container_id")
+    if not container_id and labels.get("id", "").startswith("/docker/"):
+        container_id = labels["id"].removeprefix("/docker/")  # cAdvisor's label
+    summary = (
+        alert.annotations.get("summary")
+        or alert.annotations.get("description")
+        or f"Alertmanager alert {alert.alertname}"
+    )
+    resolved = alert.status == "resolved"
+    payload = HealthAlert(
+        kind=AlertKind.EXTERNAL,
+        status=AlertStatus.RESOLVED if resolved else AlertStatus.FIRING,
+        detector=Detector.ALERTMANAGER,
+        summary=summary[:500],
+        labels=dict(labels),
+        annotations=dict(alert.annotations),
+        alertname=alert.alertname,
+        fingerprint=alert.fingerprint,
+        starts_at=alert.starts_at,
+        ends_at=alert.ends_at if alert.ends_at and alert.ends_at.tzinfo and resolved else None,
+    )
+    severity = _SEVERITY.get(labels.get("severity", "").lower(), Severity.WARNING)
+    return ExternalAlert(
+        dedup_key=alert.dedup_key(),
+        severity=Severity.INFO if resolved else severity,
+        container_name=container,
+        container_id=container_id,
+        service=labels.get("service") or labels.get("compose_service"),
+        payload=payload,
+        occurred_at=payload.ends_at if payload.ends_at else alert.starts_at,
+    )
+
+
+# ---------------------------------------------------------------- HTTP server
+
+Response = tuple[int, dict[str, Any]]
+Ingest = Callable[[bytes], Coroutine[Any, Any, Response]]
+
+
+class WebhookServer:
+    """Serves the webhook from a thread, delegating each body to `ingest` on `loop`."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        ingest: Ingest,
+        loop: asyncio.AbstractEventLoop,
+        token: str | None = None,
+        timeout_s: float = 15.0,
+    ) -> None:
+        self._ingest = ingest
+        self._loop = loop
+        self._token = token
+        self._timeout = timeout_s
+        handler = self._handler_class()
+        self._server = ThreadingHTTPServer((host, port), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="alertmanager-webhook", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        port: int = self._server.server_address[1]
+        return port
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def _authorised(self, header: str | None) -> bool:
+        if not self._token:
+            return True
+        expected = f"Bearer {self._token}".encode()
+        return hmac.compare_digest((header or "").encode(), expected)
+
+    def _handle(self, path: str, body: bytes, auth: str | None) -> Response:
+        if path != WEBHOOK_PATH:
+            return 404, {"error": f"unknown path {path}; POST {WEBHOOK_PATH}"}
+        if not self._authorised(auth):
+            return 401, {"error": "missing or wrong bearer token"}
+        future: concurrent.futures.Future[Response] = asyncio.run_coroutine_threadsafe(
+            self._ingest(body), self._loop
+        )
+        try:
+            return future.result(timeout=self._timeout)
+        except TimeoutError:
+            future.cancel()
+            return 503, {"error": "timed out publishing; Alertmanager will retry"}
+        except Exception as exc:  # loop boundary of the HTTP thread
+            log.exception("webhook.ingest_failed")
+            return 500, {"error": f"internal error: {type(exc).__name__}"}
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # our own structured log lines say what matters
+
+            def _reply(self, status: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                if self.path in ("/healthz", "/-/healthy"):
+                    self._reply(200, {"status": "ok"})
+                else:
+                    self._reply(404, {"error": "not found"})
+
+            def do_POST(self) -> None:
+                try:
+                    length = int(self.headers.get("Content-Length") or 0)
+                except ValueError:
+                    self._reply(400, {"error": "bad Content-Length"})
+                    return
+                if length > MAX_BODY:
+                    self._reply(413, {"error": f"body larger than {MAX_BODY} bytes"})
+                    return
+                body = self.rfile.read(length) if length else b""
+                status, reply = server._handle(
+                    self.path.split("?", 1)[0], body, self.headers.get("Authorization")
+                )
+                self._reply(status, reply)
+
+        return Handler

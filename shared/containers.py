@@ -1,0 +1,146 @@
+"""What HemoStat knows about a container, parsed from `docker inspect`, and the label policy
+every agent applies (monitoring opt-out, remediation opt-in, protection, the stack itself)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+LABEL_MONITOR = "hemostat.monitor"  # "false": never watched
+LABEL_REMEDIATE = "hemostat.remediate"  # "true": HemoStat may act on it (unless scope is all)
+LABEL_PROTECT = "hemostat.protect"  # "true": never touched, whatever else says
+LABEL_STACK = "hemostat.stack"  # set on HemoStat's own services
+LABEL_CPU_THRESHOLD = "hemostat.cpu_threshold"
+LABEL_MEMORY_THRESHOLD = "hemostat.memory_threshold"
+COMPOSE_PROJECT = "com.docker.compose.project"
+COMPOSE_SERVICE = "com.docker.compose.service"
+SWARM_SERVICE = "com.docker.swarm.service.name"
+
+_ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+@dataclass(frozen=True)
+class ContainerInfo:
+    id: str
+    name: str
+    image: str
+    labels: dict[str, str] = field(default_factory=dict)
+    state: str = "unknown"  # created, running, paused, restarting, exited, dead
+    health: str | None = None  # starting, healthy, unhealthy; None without a HEALTHCHECK
+    restart_count: int = 0
+    exit_code: int | None = None
+    oom_killed: bool = False
+    pid: int = 0
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    memory_limit: int | None = None  # bytes; None = no limit
+    cpu_limit: float | None = None  # cores; None = no limit
+    restart_policy: str = ""
+    health_output: str | None = None  # output of the last health check probe (unredacted)
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    @property
+    def compose_project(self) -> str | None:
+        return self.labels.get(COMPOSE_PROJECT)
+
+    @property
+    def compose_service(self) -> str | None:
+        return self.labels.get(COMPOSE_SERVICE) or self.labels.get(SWARM_SERVICE)
+
+    @property
+    def has_healthcheck(self) -> bool:
+        return self.health is not None
+
+    def label_true(self, key: str) -> bool:
+        return self.labels.get(key, "").strip().lower() in ("1", "true", "yes", "on")
+
+    def label_false(self, key: str) -> bool:
+        return self.labels.get(key, "").strip().lower() in ("0", "false", "no", "off")
+
+    @property
+    def is_stack(self) -> bool:
+        return self.label_true(LABEL_STACK)
+
+    @property
+    def is_protected(self) -> bool:
+        return self.label_true(LABEL_PROTECT)
+
+    def label_float(self, key: str) -> float | None:
+        raw = self.labels.get(key)
+        if raw is None:
+            return None
+        try:
+            value = float(raw)
+        except ValueError:
+            return None
+        return value if 0 < value <= 100 else None
+
+
+def _time(raw: str | None) -> datetime | None:
+    if not raw or raw.startswith(_ZERO_TIME[:4]):
+        return None
+    # Docker gives nanoseconds; Python parses at most microseconds.
+    text = raw.rstrip("Z")
+    if "." in text:
+        head, frac = text.split(".", 1)
+        frac = "".join(ch for ch in frac if ch.isdigit())[:6]
+        text = f"{head}.{frac}"
+    try:
+        return datetime.fromisoformat(text + "+00:00")
+    except ValueError:
+        return None
+
+
+def parse_inspect(data: dict[str, Any]) -> ContainerInfo:
+    """A ContainerInfo from the Engine API's container inspect JSON."""
+    state = data.get("State") or {}
+    config = data.get("Config") or {}
+    host = data.get("HostConfig") or {}
+    health = (state.get("Health") or {}).get("Status") or None
+    cpu_limit: float | None = None
+    if host.get("NanoCpus"):
+        cpu_limit = host["NanoCpus"] / 1e9
+    elif host.get("CpuQuota") and host.get("CpuQuota", 0) > 0:
+        cpu_limit = host["CpuQuota"] / (host.get("CpuPeriod") or 100_000)
+    elif host.get("CpusetCpus"):
+        cpu_limit = float(_count_cpuset(host["CpusetCpus"]))
+    exit_code = state.get("ExitCode")
+    probes = (state.get("Health") or {}).get("Log") or []
+    health_output = str(probes[-1].get("Output", "")).strip()[:500] if probes else None
+    return ContainerInfo(
+        id=data["Id"],
+        name=(data.get("Name") or "").lstrip("/"),
+        image=config.get("Image") or data.get("Image") or "",
+        labels=dict(config.get("Labels") or {}),
+        state=state.get("Status") or "unknown",
+        health=health if health != "none" else None,
+        restart_count=int(data.get("RestartCount") or 0),
+        exit_code=int(exit_code) if exit_code is not None else None,
+        oom_killed=bool(state.get("OOMKilled")),
+        pid=int(state.get("Pid") or 0),
+        started_at=_time(state.get("StartedAt")),
+        finished_at=_time(state.get("FinishedAt")),
+        memory_limit=int(host["Memory"]) if host.get("Memory") else None,
+        cpu_limit=cpu_limit,
+        restart_policy=(host.get("RestartPolicy") or {}).get("Name") or "",
+        health_output=health_output or None,
+    )
+
+
+def _count_cpuset(spec: str) -> int:
+    count = 0
+    for part in spec.split(","):
+        if "-" in part:
+            lo, hi = part.split("-", 1)
+            count += int(hi) - int(lo) + 1
+        elif part.strip():
+            count += 1
+    return count

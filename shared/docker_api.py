@@ -1,0 +1,157 @@
+"""An asyncio face on the (blocking) Docker SDK.
+
+Every call runs in a worker thread under a concurrency bound, and every Docker SDK or transport
+error is translated into HemoStat's tree: `DockerUnavailable` when the daemon cannot be reached,
+`ContainerNotFound` for a missing container, `DockerError` for anything else the daemon refused.
+The SDK client is injected; `connect_docker` builds the real one at the entry point."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any, TypeVar
+
+import docker
+import requests
+from docker.errors import APIError, DockerException, NotFound
+
+from shared.containers import ContainerInfo, parse_inspect
+from shared.errors import ContainerNotFound, DockerError, DockerUnavailable
+from shared.settings import Settings
+
+T = TypeVar("T")
+
+
+def connect_docker(settings: Settings, timeout: int = 30) -> Any:
+    """The real SDK client (no connection is made until the first call)."""
+    env = dict(os.environ)
+    if settings.docker_host:
+        env["DOCKER_HOST"] = settings.docker_host
+    return docker.from_env(environment=env, timeout=timeout)
+
+
+def _translate(exc: BaseException, what: str) -> DockerError:
+    if isinstance(exc, NotFound):
+        return ContainerNotFound(f"{what}: {exc.explanation or exc}")
+    if isinstance(exc, APIError):
+        return DockerError(f"{what}: {exc.explanation or exc}")
+    if isinstance(exc, requests.exceptions.ConnectionError | ConnectionError | FileNotFoundError):
+        return DockerUnavailable(f"{what}: Docker daemon unreachable ({exc})")
+    if isinstance(exc, requests.exceptions.ReadTimeout | TimeoutError):
+        return DockerUnavailable(f"{what}: Docker daemon timed out ({exc})")
+    return DockerError(f"{what}: {exc}")
+
+
+class DockerGateway:
+    def __init__(self, client: Any, *, concurrency: int = 8) -> None:
+        self.client = client
+        self.api = client.api
+        self._limit = asyncio.Semaphore(concurrency)
+        # Our own threads: the loop's default executor has only cpu+4 workers, and Docker calls
+        # (stats waits up to a second per call) are waits, not work.
+        self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="docker")
+        adapter = getattr(self.api, "_custom_adapter", None)
+        self._socket_path: str | None = getattr(adapter, "socket_path", None)
+
+    async def call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if self._socket_path and not os.path.exists(self._socket_path):  # noqa: ASYNC240 - a stat
+            # Checked first: the SDK leaks the socket it opened when connect() fails.
+            raise DockerUnavailable(f"{what}: Docker socket {self._socket_path} does not exist")
+        async with self._limit:
+            try:
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self._executor, partial(fn, *args, **kwargs))
+            except (DockerException, requests.exceptions.RequestException, OSError) as exc:
+                raise _translate(exc, what) from exc
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.client.close()
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.call("ping", self.api.ping))
+        except DockerError:
+            return False
+
+    async def info(self) -> dict[str, Any]:
+        result: dict[str, Any] = await self.call("info", self.api.info)
+        return result
+
+    async def list_raw(self, all: bool = True) -> list[dict[str, Any]]:
+        """The list endpoint (one call, no per-container inspect)."""
+        result: list[dict[str, Any]] = await self.call(
+            "list containers", self.api.containers, all=all
+        )
+        return result
+
+    async def inspect_raw(self, container_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.call(
+            f"inspect {container_id[:12]}", self.api.inspect_container, container_id
+        )
+        return result
+
+    async def inspect(self, container_id: str) -> ContainerInfo:
+        return parse_inspect(await self.inspect_raw(container_id))
+
+    async def logs_tail(self, container_id: str, lines: int = 20) -> list[str]:
+        raw: bytes = await self.call(
+            f"logs {container_id[:12]}",
+            self.api.logs,
+            container_id,
+            stdout=True,
+            stderr=True,
+            tail=lines,
+            timestamps=False,
+        )
+        text = raw.decode("utf-8", errors="replace")
+        return [line for line in text.splitlines() if line.strip()][-lines:]
+
+    async def stats_once(self, container_id: str) -> dict[str, Any]:
+        """One stats sample without the daemon's second pre-read (API >= 1.41 `one-shot`)."""
+        result: dict[str, Any] = await self.call(
+            f"stats {container_id[:12]}",
+            self.api.stats,
+            container_id,
+            stream=False,
+            one_shot=True,
+        )
+        return result
+
+    def events(self, since: float | None = None) -> EventStream:
+        return EventStream(self.api, since)
+
+
+class EventStream:
+    """The daemon's container event stream, iterated in a thread; `close()` from anywhere."""
+
+    def __init__(self, api: Any, since: float | None) -> None:
+        self._api = api
+        self._since = since
+        self._stream: Any = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        try:
+            stream = self._api.events(since=self._since, filters={"type": "container"}, decode=True)
+        except (DockerException, requests.exceptions.RequestException, OSError) as exc:
+            raise _translate(exc, "events") from exc
+        with self._lock:
+            if self._closed:
+                stream.close()
+                return iter(())
+            self._stream = stream
+        return iter(stream)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._stream is not None:
+                with contextlib.suppress(Exception):  # closing a dead socket may raise anything
+                    self._stream.close()
