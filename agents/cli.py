@@ -85,6 +85,26 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_runbooks_validate(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from shared.errors import RunbookError
+    from shared.runbooks import load_runbooks
+
+    folder = Path(args.folder) if args.folder else settings.runbooks_dir
+    try:
+        runbooks = load_runbooks(folder)
+    except RunbookError as exc:
+        print(f"invalid runbooks in {folder}:\n{exc}", file=sys.stderr)
+        return 1
+    for runbook in runbooks.items:
+        kinds = ",".join(k.value for k in runbook.match.kinds) or "-"
+        actions = ",".join(f"{a.id}({a.type})" for a in runbook.actions)
+        print(f"ok  {runbook.id} v{runbook.version}  match={kinds}  actions={actions}")
+    print(f"{len(runbooks)} runbook(s) valid in {folder}")
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     from shared.env_example import render
 
@@ -105,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--instance", help="require this exact instance")
     check.add_argument("--any-host", action="store_true", help="accept instances on any host")
     check.set_defaults(func=_cmd_check)
+    runbooks = sub.add_parser("runbooks", help="runbook helpers")
+    runbooks_sub = runbooks.add_subparsers(dest="runbooks_command", required=True)
+    validate = runbooks_sub.add_parser("validate", help="validate a folder of runbooks")
+    validate.add_argument("folder", nargs="?", help="default: HEMOSTAT_RUNBOOKS_DIR")
+    validate.set_defaults(func=_cmd_runbooks_validate)
+
     status = sub.add_parser("status", help="agents and containers at a glance")
     status.add_argument("--max-age", type=float, default=300.0, help="ignore older snapshots (s)")
     status.set_defaults(func=_cmd_status)

@@ -19,6 +19,7 @@ AgentFactory = Callable[["Settings", "Redis"], "BaseAgent"]
 # name -> "module:function" building the agent with its real collaborators.
 AGENTS: dict[str, str] = {
     "monitor": "agents.monitor.agent:build",
+    "analyzer": "agents.analyzer.agent:build",
 }
 
 

@@ -8,6 +8,7 @@ BENCHES = {
     "monitor-latency": "bench.monitor_latency",
     "monitor-poll": "bench.monitor_poll",
     "monitor-rss": "bench.monitor_rss",
+    "analyzer": "bench.analyzer_latency",
 }
 
 

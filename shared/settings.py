@@ -193,11 +193,73 @@ class MonitorSettings(_Section):
     )
 
 
+class LLMProvider(StrEnum):
+    AUTO = "auto"  # anthropic if ANTHROPIC_API_KEY, else openai if OPENAI_API_KEY/OPENAI_BASE_URL
+    ANTHROPIC = "anthropic"
+    OPENAI = "openai"  # also any OpenAI-compatible server (Ollama, vLLM) via OPENAI_BASE_URL
+    NONE = "none"
+
+
+class AnalyzerSettings(_Section):
+    """Analyzer agent: runbooks, rules, optional LLM."""
+
+    runbooks_dir: Path = Field(
+        default=Path("runbooks"), description="Folder of runbook YAML files (read at start)."
+    )
+    analyzer_confidence_threshold: float = Field(
+        default=0.7, ge=0, le=1, description="Below this confidence no action runs without a human."
+    )
+    incident_idle_ttl_s: float = Field(
+        default=86_400.0, gt=0, description="An open incident with no new alert this long expires."
+    )
+    llm_provider: LLMProvider = Field(
+        default=LLMProvider.AUTO, description="auto, anthropic, openai or none (rules only)."
+    )
+    llm_model: str | None = Field(
+        default=None,
+        description="Model (default: claude-sonnet-4-6 for anthropic, gpt-5.4-mini for openai).",
+    )
+    llm_timeout_s: float = Field(
+        default=20.0, gt=0, description="Budget for one analysis, retries included."
+    )
+    llm_max_retries: int = Field(
+        default=2, ge=0, le=10, description="Retries on 429/5xx (Retry-After honoured)."
+    )
+    llm_max_tokens: int = Field(default=1024, ge=64, description="Token limit of the answer.")
+    anthropic_api_key: SecretStr | None = Field(
+        default=None, validation_alias="ANTHROPIC_API_KEY", description="Anthropic API key."
+    )
+    anthropic_base_url: str | None = Field(
+        default=None,
+        validation_alias="ANTHROPIC_BASE_URL",
+        description="Anthropic API base URL (unset: the SDK's default).",
+    )
+    openai_api_key: SecretStr | None = Field(
+        default=None, validation_alias="OPENAI_API_KEY", description="OpenAI API key."
+    )
+    openai_base_url: str | None = Field(
+        default=None,
+        validation_alias="OPENAI_BASE_URL",
+        description="OpenAI-compatible base URL, e.g. http://ollama:11434/v1 (unset: OpenAI).",
+    )
+    prometheus_url: str | None = Field(
+        default=None, description="Prometheus base URL for runbook PromQL diagnostics."
+    )
+
+
 # Sections in the order `.env.example` lists them; later issues add one per agent.
-SECTIONS: tuple[type[_Section], ...] = (CoreSettings, BusSettings, AgentSettings, MonitorSettings)
+SECTIONS: tuple[type[_Section], ...] = (
+    CoreSettings,
+    BusSettings,
+    AgentSettings,
+    MonitorSettings,
+    AnalyzerSettings,
+)
 
 
-class Settings(CoreSettings, BusSettings, AgentSettings, MonitorSettings, BaseSettings):
+class Settings(
+    CoreSettings, BusSettings, AgentSettings, MonitorSettings, AnalyzerSettings, BaseSettings
+):
     """All of HemoStat's configuration. Build it once at the entry point and pass it down."""
 
     model_config = SettingsConfigDict(

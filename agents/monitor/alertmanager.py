@@ -165,7 +165,10 @@ class WebhookServer:
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="alertmanager-webhook", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name="alertmanager-webhook",
+            daemon=True,
         )
 
     @property

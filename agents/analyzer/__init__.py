@@ -1,0 +1,1 @@
+"""The Analyzer: one decision per health alert — runbook, rules, optional LLM."""

@@ -1,0 +1,308 @@
+"""The Analyzer agent: every `hemostat:health_alert` becomes exactly one decision —
+`hemostat:remediation_needed` (an action from the matched runbook, or notify) or
+`hemostat:false_alarm` (with the reason) — and repeated alerts for one subject join one incident.
+Resolutions close their incident and never request an action."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from redis.asyncio import Redis
+
+from agents.analyzer import prompt as prompts
+from agents.analyzer.diagnostics import DiagnosticsCollector
+from agents.analyzer.incidents import Attached, IncidentStore, subject_key
+from agents.analyzer.llm import LLMClient, ask, build_client, describe_client
+from agents.analyzer.rules import RuleDecision, decide
+from agents.base import BaseAgent, periodic
+from shared.docker_api import DockerGateway, connect_docker
+from shared.errors import LLMError
+from shared.events import (
+    AlertStatus,
+    Analysis,
+    AnalysisMethod,
+    Channel,
+    Envelope,
+    Event,
+    FalseAlarm,
+    FalseAlarmEvent,
+    HealthAlertEvent,
+    RemediationNeeded,
+    RemediationNeededEvent,
+    make_event,
+)
+from shared.redaction import Redactor
+from shared.runbooks import Runbook, Runbooks, load_runbooks
+from shared.settings import Settings
+
+SEEN_PREFIX = "hemostat:analyzer:seen:"
+SEEN_TTL_S = 86_400
+
+
+@dataclass(frozen=True)
+class Decision:
+    false_alarm: bool
+    action_id: str | None
+    analysis: Analysis
+
+
+class AnalyzerAgent(BaseAgent):
+    name = "analyzer"
+    consumes = (Channel.HEALTH_ALERT,)
+
+    def __init__(
+        self,
+        *,
+        runbooks: Runbooks,
+        llm: LLMClient | None = None,
+        diagnostics: DiagnosticsCollector | None = None,
+        redactor: Redactor | None = None,
+        **kw: Any,
+    ) -> None:
+        super().__init__(**kw)
+        self.runbooks = runbooks
+        self.llm = llm
+        self.diagnostics = diagnostics
+        self.redactor = redactor or Redactor(self.settings.secret_values())
+        self.incidents = IncidentStore(self.redis, self.settings.incident_idle_ttl_s)
+        self.threshold = self.settings.analyzer_confidence_threshold
+        self.counts = {"decisions": 0, "false_alarms": 0, "llm": 0, "llm_fallbacks": 0}
+
+    def partition_key(self, event: Event) -> str | None:
+        # One subject's alerts are decided in order; different subjects in parallel.
+        return subject_key(event) if isinstance(event, HealthAlertEvent) else None
+
+    def health_details(self) -> dict[str, Any]:
+        return super().health_details() | {
+            "runbooks": len(self.runbooks),
+            "llm": describe_client(self.llm),
+            **self.counts,
+        }
+
+    async def on_stop(self) -> None:
+        for closable in (self.llm, getattr(self.diagnostics, "http", None)):
+            aclose = getattr(closable, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        docker = getattr(self.diagnostics, "docker", None)
+        if docker is not None:
+            docker.close()
+
+    @periodic(3600)
+    async def prune(self) -> None:
+        await self.incidents.prune(self.clock.time() - 8 * 86_400)
+
+    # ------------------------------------------------------------------ one alert
+
+    async def handle(self, event: Event) -> None:
+        if not isinstance(event, HealthAlertEvent):
+            return
+        seen = SEEN_PREFIX + event.idempotency_key
+        if await self.redis.exists(seen):
+            self.log.info("analyzer.duplicate", alert=event.id, key=event.idempotency_key)
+            return
+        now = self.clock.time()
+        if event.payload.status is AlertStatus.RESOLVED:
+            incident_id, closed = await self.incidents.resolve(event, now)
+            self.log.info(
+                "analyzer.resolved",
+                alert=event.id,
+                incident=incident_id,
+                incident_closed=closed,
+                kind=event.payload.kind,
+            )
+            await self.redis.set(seen, "1", ex=SEEN_TTL_S)
+            return
+        attached = await self.incidents.attach(event, now)
+        runbook = self.runbooks.match(event)
+        decision, cached = await self._decide(event, runbook, attached)
+        outcome = self._decision_event(event, attached.incident_id, runbook, decision)
+        await self.bus.publish(outcome)
+        await self.incidents.record_decision(
+            attached.incident_id,
+            decision.analysis,
+            runbook.id,
+            summary=_summary(outcome),
+            cache=decision.analysis.method is AnalysisMethod.LLM and not cached,
+            action_id=decision.action_id,
+            false_alarm=decision.false_alarm,
+        )
+        await self.redis.set(seen, "1", ex=SEEN_TTL_S)
+        self.counts["decisions"] += 1
+        self.counts["false_alarms"] += isinstance(outcome, FalseAlarmEvent)
+        self.log.info(
+            "analyzer.decided",
+            alert=event.id,
+            incident=attached.incident_id,
+            runbook=runbook.id,
+            decision=_summary(outcome),
+            method=decision.analysis.method,
+            confidence=decision.analysis.confidence,
+            fallback=decision.analysis.fallback_reason,
+        )
+
+    async def _decide(
+        self, alert: HealthAlertEvent, runbook: Runbook, attached: Attached
+    ) -> tuple[Decision, bool]:
+        started = time.monotonic()
+        rules = decide(alert, runbook, attached.history)
+        if self.llm is None:
+            return self._from_rules(rules, started, "no LLM configured"), False
+        cached = None if attached.new else await self._cached(attached.incident_id, runbook)
+        if cached is not None:
+            return cached, True
+        try:
+            evidence = await self.diagnostics.collect(alert, runbook) if self.diagnostics else {}
+            prompt = prompts.build(alert, runbook, attached.history, rules, evidence)
+        except Exception as exc:  # boundary: evidence gathering never blocks a decision
+            self.log.exception("analyzer.prompt_failed")
+            return self._from_rules(rules, started, f"prompt_failed: {exc}"), False
+        try:
+            result = await ask(self.llm, prompt, runbook, self.settings.llm_timeout_s)
+        except LLMError as exc:
+            return self._fallback(rules, started, exc.reason, exc.detail, prompt), False
+        except Exception as exc:  # boundary: an SDK bug must not cost us the decision
+            self.log.exception("analyzer.llm_crashed")
+            return self._fallback(rules, started, "client_error", repr(exc), prompt), False
+        verdict = result.verdict
+        self.counts["llm"] += 1
+        analysis = Analysis(
+            method=AnalysisMethod.LLM,
+            confidence=verdict.confidence,
+            root_cause=self.redactor.text(verdict.root_cause),
+            explanation=self.redactor.text(verdict.explanation),
+            model=describe_client(self.llm),
+            prompt_hash=prompt.inputs_hash,
+            latency_ms=round(result.latency_ms, 1),
+        )
+        action_id = None if verdict.false_alarm else verdict.action_id
+        if not verdict.false_alarm and action_id is None:
+            action_id = runbook.notify_action().id  # "no action" from the model means notify
+        return Decision(verdict.false_alarm, action_id, analysis), False
+
+    def _from_rules(self, rules: RuleDecision, started: float, reason: str | None) -> Decision:
+        analysis = Analysis(
+            method=AnalysisMethod.RULES,
+            confidence=rules.confidence,
+            root_cause=rules.root_cause,
+            explanation=rules.explanation,
+            fallback_reason=reason,
+            latency_ms=round((time.monotonic() - started) * 1000, 3),
+        )
+        return Decision(rules.false_alarm, rules.action_id, analysis)
+
+    def _fallback(
+        self,
+        rules: RuleDecision,
+        started: float,
+        reason: str,
+        detail: str,
+        prompt: prompts.Prompt,
+    ) -> Decision:
+        self.counts["llm_fallbacks"] += 1
+        self.log.warning("analyzer.llm_fallback", reason=reason, detail=detail[:300])
+        decision = self._from_rules(rules, started, f"{reason}: {self.redactor.text(detail)}"[:300])
+        analysis = decision.analysis.model_copy(
+            update={"model": describe_client(self.llm), "prompt_hash": prompt.inputs_hash}
+        )
+        return Decision(decision.false_alarm, decision.action_id, analysis)
+
+    async def _cached(self, incident_id: str, runbook: Runbook) -> Decision | None:
+        """A repeat within an open incident reuses the incident's LLM analysis."""
+        analysis = await self.incidents.cached_analysis(incident_id, runbook.id)
+        if analysis is None or analysis.method is not AnalysisMethod.LLM:
+            return None
+        data = await self.incidents.get(incident_id)
+        action_id = data.get(f"action:{runbook.id}") or None
+        false_alarm = data.get(f"false_alarm:{runbook.id}") == "1"
+        if action_id is not None and runbook.action(action_id) is None:
+            return None  # the runbook changed since
+        explanation = f"{analysis.explanation} (reused from this incident's analysis)".strip()
+        return Decision(
+            false_alarm, action_id, analysis.model_copy(update={"explanation": explanation})
+        )
+
+    # ------------------------------------------------------------------ the outcome
+
+    def _decision_event(
+        self, alert: HealthAlertEvent, incident_id: str, runbook: Runbook, decision: Decision
+    ) -> Envelope:
+        confident = decision.analysis.confidence >= self.threshold
+        common: dict[str, Any] = {
+            "source": self.source,
+            "subject": alert.subject,
+            "severity": alert.severity,
+            "occurred_at": self.clock.now(),
+            "emitted_at": self.clock.now(),
+            "incident_id": incident_id,
+            "causation_id": alert.id,
+            "idempotency_key": f"decision:{alert.idempotency_key}",
+        }
+        if decision.false_alarm and confident:
+            return make_event(
+                FalseAlarmEvent,
+                payload=FalseAlarm(
+                    alert_kind=alert.payload.kind,
+                    alert_occurred_at=alert.occurred_at,
+                    runbook_id=runbook.id,
+                    reason=decision.analysis.root_cause,
+                    analysis=decision.analysis,
+                ),
+                **common,
+            )
+        action = runbook.action(decision.action_id or "") or runbook.notify_action()
+        if decision.false_alarm:
+            action = runbook.notify_action()  # an unsure "false alarm" is shown to a person
+        needs_human = not confident and action.type != "none"
+        reason = decision.analysis.root_cause
+        if not confident:
+            reason = (
+                f"confidence {decision.analysis.confidence:.2f} is below "
+                f"{self.threshold:.2f}: a person decides. {reason}"
+            )
+        return make_event(
+            RemediationNeededEvent,
+            payload=RemediationNeeded(
+                alert_kind=alert.payload.kind,
+                alert_occurred_at=alert.occurred_at,
+                runbook_id=runbook.id,
+                runbook_version=runbook.version,
+                action=action,
+                analysis=decision.analysis,
+                needs_human=needs_human or (not confident and decision.false_alarm),
+                reason=reason[:1000],
+            ),
+            **common,
+        )
+
+
+def _summary(event: Envelope) -> str:
+    if isinstance(event, FalseAlarmEvent):
+        return "false alarm"
+    if isinstance(event, RemediationNeededEvent):
+        p = event.payload
+        return f"{p.action.type}:{p.action.id}" + (" (needs human)" if p.needs_human else "")
+    return event.type if hasattr(event, "type") else "?"
+
+
+def build(settings: Settings, redis: Redis) -> AnalyzerAgent:
+    runbooks = load_runbooks(settings.runbooks_dir)
+    llm = build_client(settings)
+    redactor = Redactor(settings.secret_values())
+    diagnostics = None
+    if llm is not None:
+        http = httpx.AsyncClient(timeout=5.0) if settings.prometheus_url else None
+        diagnostics = DiagnosticsCollector(
+            DockerGateway(connect_docker(settings)), redactor, settings.prometheus_url, http
+        )
+    return AnalyzerAgent(
+        settings=settings,
+        redis=redis,
+        runbooks=runbooks,
+        llm=llm,
+        diagnostics=diagnostics,
+        redactor=redactor,
+    )
