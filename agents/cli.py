@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 from shared.errors import HemoStatError
 from shared.heartbeat import AgentStatus, read_heartbeats
@@ -62,6 +63,7 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         with connect_sync(settings) as redis:
             beats = read_heartbeats(redis)
             snapshots = read_snapshots(redis, time.time(), args.max_age)
+            pending = _pending_proposals(redis)
     except RedisError as exc:
         print(f"cannot reach Redis: {exc}", file=sys.stderr)
         return 1
@@ -82,7 +84,28 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             f"  {snap.name[:28]:28s} {snap.state:9s} {snap.health or '-':10s} {cpu:>6s} {mem:>6s} "
             f"{snap.restart_count:>8d}  {','.join(snap.active_alerts) or '-'}{watched}"
         )
+    print(f"\nPENDING APPROVALS ({len(pending)})")
+    for proposal in pending:
+        left = proposal.expires_at - time.time()
+        target = proposal.container_name or proposal.container_id[:12]
+        print(
+            f"  {proposal.id}  {proposal.action_type}:{proposal.action_id} on {target} "
+            f"(expires in {left:.0f}s) — {proposal.why}"
+        )
+        print(f"    {proposal.approve_command}   |   {proposal.deny_command}")
     return 0
+
+
+def _pending_proposals(redis: Any) -> list[Any]:
+    from shared.approvals import PENDING, PROPOSAL_PREFIX, Proposal
+
+    out = []
+    for proposal_id in redis.zrange(PENDING, 0, 100):
+        data = redis.hgetall(PROPOSAL_PREFIX + proposal_id)
+        data.pop("ttl_s", None)
+        if data and data.get("state") == "pending":
+            out.append(Proposal.model_validate(data))
+    return out
 
 
 def _cmd_runbooks_validate(args: argparse.Namespace, settings: Settings) -> int:
@@ -102,6 +125,80 @@ def _cmd_runbooks_validate(args: argparse.Namespace, settings: Settings) -> int:
         actions = ",".join(f"{a.id}({a.type})" for a in runbook.actions)
         print(f"ok  {runbook.id} v{runbook.version}  match={kinds}  actions={actions}")
     print(f"{len(runbooks)} runbook(s) valid in {folder}")
+    return 0
+
+
+def _default_actor() -> str:
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _cmd_decide(args: argparse.Namespace, settings: Settings) -> int:
+    """Approve or deny a proposal: the first decision wins, atomically."""
+    import asyncio
+
+    from shared.approvals import decide
+    from shared.errors import ApprovalError
+    from shared.events import Decision
+    from shared.redis_client import connect
+
+    decision = Decision.APPROVED if args.command == "approve" else Decision.DENIED
+    actor = args.actor or _default_actor()
+
+    async def run() -> int:
+        redis = connect(settings)
+        try:
+            proposal = await decide(redis, args.id, decision, actor, getattr(args, "reason", ""))
+        except ApprovalError as exc:
+            print(f"refused: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            await redis.aclose()
+        target = proposal.container_name or proposal.container_id[:12]
+        print(
+            f"{decision.value}: {proposal.action_type} {proposal.action_id} on {target} by {actor}"
+        )
+        return 0
+
+    return asyncio.run(run())
+
+
+def _cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    import time
+
+    from shared import audit
+    from shared.redis_client import connect_sync
+
+    since = time.time() - args.since * 3600 if args.since else None
+    with connect_sync(settings) as redis:
+        records = audit.read(
+            redis, limit=args.limit, container=args.container, since=since, event=args.event
+        )
+    if args.json:
+        for record in records:
+            print(record.model_dump_json())
+        return 0
+    for r in records:
+        stamp = datetime.fromtimestamp(r.at, UTC).strftime("%Y-%m-%d %H:%M:%S")
+        target = r.container_name or (r.container_id or "")[:12]
+        failed = [g.guard for g in r.guards if not g.passed]
+        dry = " [dry-run]" if r.dry_run else ""
+        print(
+            f"{stamp}  {r.event:9s} {r.outcome:28s} {target:20s} {r.action_type or '-'}:"
+            f"{r.action_id or '-'}{dry}  actor={r.actor}"
+            + (f"  failed={','.join(failed)}" if failed else "")
+            + (f"  proposal={r.proposal_id}" if r.proposal_id else "")
+        )
+        if r.reason:
+            print(f"{'':22s}{r.reason[:160]}")
+    if not records:
+        print("no audit records match")
     return 0
 
 
@@ -131,7 +228,28 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("folder", nargs="?", help="default: HEMOSTAT_RUNBOOKS_DIR")
     validate.set_defaults(func=_cmd_runbooks_validate)
 
-    status = sub.add_parser("status", help="agents and containers at a glance")
+    approve = sub.add_parser("approve", help="approve a pending remediation proposal")
+    approve.add_argument("id")
+    approve.add_argument("--actor", help="who decides (default: user@host)")
+    approve.set_defaults(func=_cmd_decide)
+
+    deny = sub.add_parser("deny", help="deny a pending remediation proposal")
+    deny.add_argument("id")
+    deny.add_argument("--reason", required=True)
+    deny.add_argument("--actor", help="who decides (default: user@host)")
+    deny.set_defaults(func=_cmd_decide)
+
+    audit = sub.add_parser("audit", help="print the Responder's audit log, newest first")
+    audit.add_argument("--container", help="name or id prefix")
+    audit.add_argument(
+        "--event", help="executed, dry_run, rejected, proposed, denied, expired, ..."
+    )
+    audit.add_argument("--since", type=float, help="hours back")
+    audit.add_argument("--limit", type=int, default=50)
+    audit.add_argument("--json", action="store_true", help="one JSON record per line")
+    audit.set_defaults(func=_cmd_audit)
+
+    status = sub.add_parser("status", help="agents, containers and pending approvals")
     status.add_argument("--max-age", type=float, default=300.0, help="ignore older snapshots (s)")
     status.set_defaults(func=_cmd_status)
 

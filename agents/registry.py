@@ -20,6 +20,7 @@ AgentFactory = Callable[["Settings", "Redis"], "BaseAgent"]
 AGENTS: dict[str, str] = {
     "monitor": "agents.monitor.agent:build",
     "analyzer": "agents.analyzer.agent:build",
+    "responder": "agents.responder.agent:build",
 }
 
 

@@ -9,6 +9,7 @@ BENCHES = {
     "monitor-poll": "bench.monitor_poll",
     "monitor-rss": "bench.monitor_rss",
     "analyzer": "bench.analyzer_latency",
+    "responder": "bench.responder_latency",
 }
 
 

@@ -10,6 +10,7 @@ import statistics
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from shared.redis_server import RedisServer
 
@@ -63,20 +64,22 @@ BENCH_LABEL = "hemostat.bench"
 
 @contextlib.contextmanager
 def containers(
-    client: object, image: str, count: int, cmd: list[str], **kw: object
-) -> Iterator[list[object]]:
+    client: Any,
+    image: str,
+    count: int,
+    cmd: list[str],
+    labels_extra: dict[str, str] | None = None,
+    **kw: Any,
+) -> Iterator[list[Any]]:
     """`count` running containers labelled for the benchmark; removed afterwards."""
-    made: list[object] = []
+    made: list[Any] = []
+    labels = {BENCH_LABEL: "1"} | (labels_extra or {})
     try:
         for _ in range(count):
-            made.append(
-                client.containers.run(  # type: ignore[attr-defined]
-                    image, cmd, labels={BENCH_LABEL: "1"}, detach=True, **kw
-                )
-            )
+            made.append(client.containers.run(image, cmd, labels=labels, detach=True, **kw))
         yield made
     finally:
-        for container in client.containers.list(all=True, filters={"label": BENCH_LABEL}):  # type: ignore[attr-defined]
+        for container in client.containers.list(all=True, filters={"label": BENCH_LABEL}):
             with contextlib.suppress(Exception):
                 container.remove(force=True)
 

@@ -3,8 +3,10 @@ every agent applies (monitoring opt-out, remediation opt-in, protection, the sta
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 LABEL_MONITOR = "hemostat.monitor"  # "false": never watched
@@ -144,3 +146,19 @@ def _count_cpuset(spec: str) -> int:
         elif part.strip():
             count += 1
     return count
+
+
+def own_container_id(proc: Path = Path("/proc")) -> str | None:
+    """Our own container id when we run in one (so we never alert about ourselves)."""
+    patterns = (
+        ("self/cgroup", re.compile(r"(?:/docker/|docker-)([0-9a-f]{64})")),
+        ("self/mountinfo", re.compile(r"/containers/([0-9a-f]{64})/")),
+    )
+    for name, pattern in patterns:
+        try:
+            match = pattern.search((proc / name).read_text())
+        except OSError:
+            continue
+        if match:
+            return match.group(1)
+    return None

@@ -123,6 +123,104 @@ class DockerGateway:
         )
         return result
 
+    # ---- changes (used by the Responder only; the Monitor never calls these)
+
+    async def restart(self, container_id: str, timeout: int) -> None:
+        await self.call(
+            f"restart {container_id[:12]}", self.api.restart, container_id, timeout=timeout
+        )
+
+    async def stop(self, container_id: str, timeout: int) -> None:
+        await self.call(f"stop {container_id[:12]}", self.api.stop, container_id, timeout=timeout)
+
+    async def start(self, container_id: str) -> None:
+        await self.call(f"start {container_id[:12]}", self.api.start, container_id)
+
+    async def remove(self, container_id: str, volumes: bool = False) -> None:
+        await self.call(
+            f"remove {container_id[:12]}", self.api.remove_container, container_id, v=volumes
+        )
+
+    async def list_by_labels(
+        self,
+        labels: dict[str, str],
+        all: bool = True,
+    ) -> list[dict[str, Any]]:
+        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        result: list[dict[str, Any]] = await self.call(
+            "list containers", self.api.containers, all=all, filters=filters
+        )
+        return result
+
+    async def list_by_image(self, image: str, status: str = "exited") -> list[dict[str, Any]]:
+        filters = {"ancestor": image, "status": status}
+        result: list[dict[str, Any]] = await self.call(
+            "list containers", self.api.containers, all=True, filters=filters
+        )
+        return result
+
+    async def exec(
+        self, container_id: str, argv: list[str], user: str | None, timeout_s: float
+    ) -> tuple[int | None, bytes]:
+        """Run an exact argv; returns (exit code, output). A timeout returns (None, output so
+        far is not available) — the process may still run inside the container."""
+        created: dict[str, Any] = await self.call(
+            f"exec {container_id[:12]}",
+            self.api.exec_create,
+            container_id,
+            argv,
+            user=user or "",
+            stdout=True,
+            stderr=True,
+        )
+        exec_id = created["Id"]
+        try:
+            output: bytes = await asyncio.wait_for(
+                self.call("exec start", self.api.exec_start, exec_id), timeout=timeout_s
+            )
+        except TimeoutError:
+            return None, b""
+        inspected: dict[str, Any] = await self.call("exec inspect", self.api.exec_inspect, exec_id)
+        return inspected.get("ExitCode"), output or b""
+
+    async def clone(self, template: dict[str, Any], name: str, labels: dict[str, str]) -> str:
+        """Create and start a container from another's inspect data (compose-style scale up)."""
+        config = template.get("Config") or {}
+        host_config = dict(template.get("HostConfig") or {})
+        networks = (template.get("NetworkSettings") or {}).get("Networks") or {}
+        endpoints = {
+            net: {"Aliases": [a for a in (conf.get("Aliases") or []) if a != template["Id"][:12]]}
+            for net, conf in networks.items()
+        }
+        first_network = next(iter(endpoints), None)
+        created: dict[str, Any] = await self.call(
+            f"create {name}",
+            self.api.create_container,
+            image=config.get("Image"),
+            command=config.get("Cmd"),
+            entrypoint=config.get("Entrypoint"),
+            environment=config.get("Env"),
+            working_dir=config.get("WorkingDir") or None,
+            user=config.get("User") or None,
+            labels=labels,
+            name=name,
+            healthcheck=config.get("Healthcheck"),
+            host_config=host_config,
+            networking_config={"EndpointsConfig": {first_network: endpoints[first_network]}}
+            if first_network
+            else None,
+        )
+        await self.start(created["Id"])
+        return str(created["Id"])
+
+    async def scale_service(self, service: str, replicas: int) -> None:
+        """Set a swarm service's replica count."""
+
+        def scale() -> None:
+            self.client.services.get(service).scale(replicas)
+
+        await self.call(f"scale service {service}", scale)
+
     def events(self, since: float | None = None) -> EventStream:
         return EventStream(self.api, since)
 

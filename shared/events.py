@@ -30,6 +30,7 @@ class Channel(StrEnum):
     REMEDIATION_COMPLETE = "hemostat:remediation_complete"
     FALSE_ALARM = "hemostat:false_alarm"
     APPROVAL_REQUEST = "hemostat:approval_request"
+    APPROVAL_DECISION = "hemostat:approval_decision"
     ESCALATION = "hemostat:escalation"
 
 
@@ -39,6 +40,7 @@ class EventType(StrEnum):
     REMEDIATION_COMPLETE = "remediation_complete"
     FALSE_ALARM = "false_alarm"
     APPROVAL_REQUEST = "approval_request"
+    APPROVAL_DECISION = "approval_decision"
     ESCALATION = "escalation"
 
     @property
@@ -203,6 +205,18 @@ class ApprovalRequest(Model):
     deny_command: str
 
 
+class Decision(StrEnum):
+    APPROVED = "approved"
+    DENIED = "denied"
+
+
+class ApprovalDecision(Model):
+    proposal_id: str
+    decision: Decision
+    actor: str
+    reason: str = ""
+
+
 class Escalation(Model):
     reason: str
     guard: str | None = None
@@ -256,6 +270,11 @@ class ApprovalRequestEvent(Envelope):
     payload: ApprovalRequest
 
 
+class ApprovalDecisionEvent(Envelope):
+    type: Literal["approval_decision"] = "approval_decision"
+    payload: ApprovalDecision
+
+
 class EscalationEvent(Envelope):
     type: Literal["escalation"] = "escalation"
     payload: Escalation
@@ -267,6 +286,7 @@ Event = Annotated[
     | RemediationCompleteEvent
     | FalseAlarmEvent
     | ApprovalRequestEvent
+    | ApprovalDecisionEvent
     | EscalationEvent,
     Field(discriminator="type"),
 ]
@@ -276,6 +296,7 @@ EVENT_CLASSES: dict[EventType, type[Envelope]] = {
     EventType.REMEDIATION_COMPLETE: RemediationCompleteEvent,
     EventType.FALSE_ALARM: FalseAlarmEvent,
     EventType.APPROVAL_REQUEST: ApprovalRequestEvent,
+    EventType.APPROVAL_DECISION: ApprovalDecisionEvent,
     EventType.ESCALATION: EscalationEvent,
 }
 

@@ -247,6 +247,56 @@ class AnalyzerSettings(_Section):
     )
 
 
+class RemediationScope(StrEnum):
+    OPT_IN = "opt_in"  # only containers labelled hemostat.remediate=true
+    ALL = "all"  # every container except protected ones and HemoStat's own
+
+
+class ResponderSettings(_Section):
+    """Responder agent: guarded remediation."""
+
+    dry_run: bool = Field(
+        default=True, description="Evaluate and record everything, change nothing. false to act."
+    )
+    remediation_scope: RemediationScope = Field(
+        default=RemediationScope.OPT_IN,
+        description="opt_in (label hemostat.remediate=true) or all (never protected/stack).",
+    )
+    responder_cooldown_s: float = Field(
+        default=300.0, ge=0, description="Default cooldown per container and action type."
+    )
+    responder_cooldown_max_s: float = Field(
+        default=3600.0, ge=0, description="Cap of the cooldown's backoff after repeated failures."
+    )
+    responder_circuit_max_actions: int = Field(
+        default=3, ge=1, description="Circuit breaker: actions per container per window."
+    )
+    responder_circuit_window_s: float = Field(
+        default=3600.0, gt=0, description="Circuit breaker window."
+    )
+    responder_crash_loop_limit: int = Field(
+        default=2, ge=1, description="Restarts followed by a quick death before restarts stop."
+    )
+    responder_crash_loop_window_s: float = Field(
+        default=120.0, gt=0, description="A death this soon after our restart counts as a loop."
+    )
+    responder_lease_ttl_s: float = Field(
+        default=30.0, gt=1, description="Per-container lease TTL (renewed while acting)."
+    )
+    responder_max_request_age_s: float = Field(
+        default=600.0, gt=0, description="Older remediation requests are refused as stale."
+    )
+    responder_verify_stable_s: float = Field(
+        default=3.0, ge=0, description="Without a health check, running this long = verified."
+    )
+    responder_exec_output_limit: int = Field(
+        default=4000, ge=100, description="Characters of exec output kept (after redaction)."
+    )
+    audit_retention_days: float = Field(
+        default=30.0, gt=0, description="Audit records are kept this long (trimmed by age)."
+    )
+
+
 # Sections in the order `.env.example` lists them; later issues add one per agent.
 SECTIONS: tuple[type[_Section], ...] = (
     CoreSettings,
@@ -254,11 +304,18 @@ SECTIONS: tuple[type[_Section], ...] = (
     AgentSettings,
     MonitorSettings,
     AnalyzerSettings,
+    ResponderSettings,
 )
 
 
 class Settings(
-    CoreSettings, BusSettings, AgentSettings, MonitorSettings, AnalyzerSettings, BaseSettings
+    CoreSettings,
+    BusSettings,
+    AgentSettings,
+    MonitorSettings,
+    AnalyzerSettings,
+    ResponderSettings,
+    BaseSettings,
 ):
     """All of HemoStat's configuration. Build it once at the entry point and pass it down."""
 

@@ -36,7 +36,7 @@ from shared.container_state import (
     record_death,
     write_snapshots,
 )
-from shared.containers import ContainerInfo
+from shared.containers import ContainerInfo, own_container_id
 from shared.docker_api import DockerGateway, EventStream, connect_docker
 from shared.errors import BusUnavailable, ContainerNotFound, DockerError
 from shared.events import HealthAlert, HealthAlertEvent, Subject, make_event
@@ -63,22 +63,6 @@ SAMPLE_FIELDS = (
     "blk_write_bps",
 )
 _HEALTH_IN_STATUS = re.compile(r"\((healthy|unhealthy|health: starting)\)")
-
-
-def own_container_id(proc: Path = Path("/proc")) -> str | None:
-    """Our own container id when we run in one (so we never alert about ourselves)."""
-    patterns = (
-        ("self/cgroup", re.compile(r"(?:/docker/|docker-)([0-9a-f]{64})")),
-        ("self/mountinfo", re.compile(r"/containers/([0-9a-f]{64})/")),
-    )
-    for name, pattern in patterns:
-        try:
-            match = pattern.search((proc / name).read_text())
-        except OSError:
-            continue
-        if match:
-            return match.group(1)
-    return None
 
 
 class MonitorAgent(BaseAgent):

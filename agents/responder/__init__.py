@@ -1,0 +1,1 @@
+"""The Responder: guarded remediation, approvals, audit."""

@@ -1,0 +1,94 @@
+"""The audit log: an append-only Redis stream of every Responder decision — executed, dry-run,
+rejected, and every approval transition — with its inputs, actor and outcome. Trimmed by age
+(XTRIM MINID), never to a fixed handful of entries."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pydantic import Field
+from redis import Redis as SyncRedis
+from redis.asyncio import Redis
+
+from shared.model import Model
+
+AUDIT_STREAM = "hemostat:audit"
+
+
+class GuardResult(Model):
+    guard: str
+    passed: bool
+    detail: str = ""
+
+
+class AuditRecord(Model):
+    at: float
+    actor: str  # "responder:<instance>" or the human who decided
+    event: str  # executed | dry_run | rejected | proposed | approved | denied | expired | ...
+    outcome: str
+    request_id: str | None = None
+    incident_id: str | None = None
+    proposal_id: str | None = None
+    container_id: str | None = None
+    container_name: str | None = None
+    runbook_id: str | None = None
+    action_id: str | None = None
+    action_type: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    guards: list[GuardResult] = Field(default_factory=list)
+    dry_run: bool = False
+    reason: str = ""
+    durations_ms: dict[str, float] = Field(default_factory=dict)
+
+
+async def append(redis: Redis, record: AuditRecord) -> str:
+    entry_id = await redis.xadd(AUDIT_STREAM, {"record": record.model_dump_json()})
+    return str(entry_id)
+
+
+async def trim(redis: Redis, retention_days: float, now: float | None = None) -> int:
+    """Drop records older than the retention period (by entry id time)."""
+    cutoff_ms = int(((now or time.time()) - retention_days * 86_400) * 1000)
+    removed: int = await redis.xtrim(AUDIT_STREAM, minid=f"{cutoff_ms}-0", approximate=False)
+    return removed
+
+
+def read(
+    redis: SyncRedis,
+    *,
+    limit: int = 50,
+    container: str | None = None,
+    since: float | None = None,
+    event: str | None = None,
+) -> list[AuditRecord]:
+    """Newest first, filtered; reads in pages so filters see far enough back."""
+    out: list[AuditRecord] = []
+    end = "+"
+    start = f"{int(since * 1000)}-0" if since else "-"
+    while len(out) < limit:
+        page: Any = redis.xrevrange(AUDIT_STREAM, max=end, min=start, count=500)
+        if not page:
+            break
+        for _, fields in page:
+            try:
+                record = AuditRecord.model_validate_json(fields["record"])
+            except (KeyError, ValueError):
+                continue
+            if container and not _is_container(record, container):
+                continue
+            if event and record.event != event:
+                continue
+            out.append(record)
+            if len(out) >= limit:
+                break
+        last = str(page[-1][0])
+        ms, seq = last.split("-")
+        end = f"{ms}-{int(seq) - 1}" if int(seq) > 0 else f"{int(ms) - 1}-18446744073709551615"
+        if len(page) < 500:
+            break
+    return out
+
+
+def _is_container(record: AuditRecord, wanted: str) -> bool:
+    return record.container_name == wanted or (record.container_id or "").startswith(wanted)
