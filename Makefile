@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 services:
-	scripts/ensure-services.sh redis docker busybox
+	scripts/ensure-services.sh redis docker busybox prometheus
 
 test-image: install services
 	$(PY) -c 'from tests.support.services import docker_client, ensure_test_image; print(ensure_test_image(docker_client()))'

@@ -21,6 +21,8 @@ AGENTS: dict[str, str] = {
     "monitor": "agents.monitor.agent:build",
     "analyzer": "agents.analyzer.agent:build",
     "responder": "agents.responder.agent:build",
+    "alert": "agents.alert.agent:build",
+    "metrics": "agents.metrics.agent:build",
 }
 
 

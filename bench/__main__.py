@@ -10,6 +10,8 @@ BENCHES = {
     "monitor-rss": "bench.monitor_rss",
     "analyzer": "bench.analyzer_latency",
     "responder": "bench.responder_latency",
+    "alert": "bench.alert_burst",
+    "metrics": "bench.metrics_exporter",
 }
 
 

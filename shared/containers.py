@@ -40,6 +40,8 @@ class ContainerInfo:
     cpu_limit: float | None = None  # cores; None = no limit
     restart_policy: str = ""
     health_output: str | None = None  # output of the last health check probe (unredacted)
+    # The values of its environment: secrets until proven otherwise; never shown, only masked.
+    secret_values: tuple[str, ...] = field(default=(), repr=False)
 
     @property
     def short_id(self) -> str:
@@ -134,7 +136,21 @@ def parse_inspect(data: dict[str, Any]) -> ContainerInfo:
         cpu_limit=cpu_limit,
         restart_policy=(host.get("RestartPolicy") or {}).get("Name") or "",
         health_output=health_output or None,
+        secret_values=env_secret_values(config.get("Env") or []),
     )
+
+
+# Environment variables whose values are not secret and too common to mask usefully.
+_PLAIN_ENV = {"PATH", "HOME", "HOSTNAME", "LANG", "LC_ALL", "TERM", "PWD", "SHLVL", "TZ", "USER"}
+
+
+def env_secret_values(env: list[str]) -> tuple[str, ...]:
+    values = []
+    for entry in env:
+        key, sep, value = str(entry).partition("=")
+        if sep and key not in _PLAIN_ENV and len(value) >= 6:
+            values.append(value)
+    return tuple(values)
 
 
 def _count_cpuset(spec: str) -> int:

@@ -74,6 +74,13 @@ class Redactor:
             ordered = sorted(self._literals, key=len, reverse=True)
             self._literal_re = re.compile("|".join(re.escape(v) for v in ordered))
 
+    def scoped(self, values: Iterable[str]) -> Redactor:
+        """A redactor that also masks `values` (e.g. one container's environment values)."""
+        extra = frozenset(v for v in values if v and len(v) >= _MIN_LITERAL)
+        if not extra or extra <= self._literals:
+            return self
+        return Redactor(self._literals | extra)
+
     def text(self, value: str) -> str:
         if not value:
             return value

@@ -297,6 +297,85 @@ class ResponderSettings(_Section):
     )
 
 
+DEFAULT_ROUTES = (
+    "approval_request=slack,discord,ntfy,apprise;escalation=slack,discord,ntfy,apprise;"
+    "critical=slack,discord,ntfy,apprise;warning=slack,discord;info=slack"
+)
+
+
+class AlertSettings(_Section):
+    """Alert agent: notifications."""
+
+    slack_webhook_url: SecretStr | None = Field(
+        default=None, validation_alias="SLACK_WEBHOOK_URL", description="Slack incoming webhook."
+    )
+    discord_webhook_url: SecretStr | None = Field(
+        default=None, validation_alias="DISCORD_WEBHOOK_URL", description="Discord webhook."
+    )
+    ntfy_url: str | None = Field(
+        default=None, validation_alias="NTFY_URL", description="ntfy server, e.g. https://ntfy.sh"
+    )
+    ntfy_topic: SecretStr | None = Field(
+        default=None, validation_alias="NTFY_TOPIC", description="ntfy topic (a secret on ntfy.sh)."
+    )
+    ntfy_token: SecretStr | None = Field(
+        default=None, validation_alias="NTFY_TOKEN", description="ntfy access token (optional)."
+    )
+    apprise_urls: SecretStr | None = Field(
+        default=None,
+        validation_alias="APPRISE_URLS",
+        description="Comma-separated apprise URLs (email, Telegram, PagerDuty, Teams, ...).",
+    )
+    alert_routes: str = Field(
+        default=DEFAULT_ROUTES,
+        description="Which channels get what: `selector=channels;...`; a selector is an event "
+        "type (approval_request, escalation, remediation_complete, false_alarm) or a severity.",
+    )
+    alert_dedup_window_s: float = Field(
+        default=300.0, ge=0, description="Same container, kind and outcome: one message per window."
+    )
+    alert_channel_timeout_s: float = Field(
+        default=10.0, gt=0, description="Per-request timeout of a channel."
+    )
+    alert_max_attempts: int = Field(
+        default=4, ge=1, le=10, description="Attempts per message and channel (timeouts, 5xx, 429)."
+    )
+    alert_retry_after_cap_s: float = Field(
+        default=60.0, gt=0, description="Longest Retry-After (429) we wait before giving up."
+    )
+    alert_channel_concurrency: int = Field(
+        default=4, ge=1, description="Messages in flight at once per channel."
+    )
+    alert_channel_failure_limit: int = Field(
+        default=5, ge=1, description="Consecutive failures after which a channel rests a while."
+    )
+    alert_channel_rest_s: float = Field(
+        default=60.0, ge=0, description="How long a failing channel is skipped before a retry."
+    )
+    discord_mention_critical: bool = Field(
+        default=True, description="Mention @here in Discord for critical messages only."
+    )
+    alert_history_maxlen: int = Field(
+        default=10_000, ge=100, description="Events kept in the overall history."
+    )
+    alert_history_per_type_maxlen: int = Field(
+        default=2_000, ge=100, description="Events kept per event type."
+    )
+    alert_history_days: float = Field(default=7.0, gt=0, description="History retained by age.")
+    dashboard_url: str | None = Field(
+        default=None, description="Link to the dashboard in notifications (optional)."
+    )
+
+
+class MetricsSettings(_Section):
+    """Metrics exporter."""
+
+    metrics_host: str = Field(default="0.0.0.0", description="Address /metrics listens on.")
+    metrics_port: int = Field(
+        default=9090, ge=0, le=65535, description="Port of the exporter's /metrics (0: off)."
+    )
+
+
 # Sections in the order `.env.example` lists them; later issues add one per agent.
 SECTIONS: tuple[type[_Section], ...] = (
     CoreSettings,
@@ -305,6 +384,8 @@ SECTIONS: tuple[type[_Section], ...] = (
     MonitorSettings,
     AnalyzerSettings,
     ResponderSettings,
+    AlertSettings,
+    MetricsSettings,
 )
 
 
@@ -315,6 +396,8 @@ class Settings(
     MonitorSettings,
     AnalyzerSettings,
     ResponderSettings,
+    AlertSettings,
+    MetricsSettings,
     BaseSettings,
 ):
     """All of HemoStat's configuration. Build it once at the entry point and pass it down."""

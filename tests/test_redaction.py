@@ -106,3 +106,15 @@ def test_env_values_are_all_masked():
 )
 def test_secret_key_names(key, secret):
     assert is_secret_key(key) is secret
+
+
+def test_a_scoped_redactor_masks_one_containers_env_values_and_leaves_the_base_alone():
+    from shared.containers import env_secret_values
+
+    values = env_secret_values(["PATH=/usr/local/bin:/bin", "APP_SETTING=plainvalue42", "N=1"])
+    assert values == ("plainvalue42",), "PATH and short values are not treated as secrets"
+    base = Redactor()
+    scoped = base.scoped(values)
+    assert scoped.text("loaded plainvalue42 from disk") == f"loaded {MASK} from disk"
+    assert base.text("loaded plainvalue42 from disk") == "loaded plainvalue42 from disk"
+    assert base.scoped([]) is base

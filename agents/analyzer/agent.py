@@ -154,8 +154,11 @@ class AnalyzerAgent(BaseAgent):
         cached = None if attached.new else await self._cached(attached.incident_id, runbook)
         if cached is not None:
             return cached, True
+        redactor = self.redactor
         try:
-            evidence = await self.diagnostics.collect(alert, runbook) if self.diagnostics else {}
+            evidence: dict[str, Any] = {}
+            if self.diagnostics is not None:
+                evidence, redactor = await self.diagnostics.collect(alert, runbook)
             prompt = prompts.build(alert, runbook, attached.history, rules, evidence)
         except Exception as exc:  # boundary: evidence gathering never blocks a decision
             self.log.exception("analyzer.prompt_failed")
@@ -172,8 +175,8 @@ class AnalyzerAgent(BaseAgent):
         analysis = Analysis(
             method=AnalysisMethod.LLM,
             confidence=verdict.confidence,
-            root_cause=self.redactor.text(verdict.root_cause),
-            explanation=self.redactor.text(verdict.explanation),
+            root_cause=redactor.text(verdict.root_cause),
+            explanation=redactor.text(verdict.explanation),
             model=describe_client(self.llm),
             prompt_hash=prompt.inputs_hash,
             latency_ms=round(result.latency_ms, 1),

@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 
+from shared.containers import env_secret_values
 from shared.docker_api import DockerGateway
 from shared.errors import DockerError
 from shared.events import HealthAlertEvent
@@ -57,26 +58,36 @@ class DiagnosticsCollector:
         self.http = http
         self.timeout_s = timeout_s
 
-    async def collect(self, alert: HealthAlertEvent, runbook: Runbook) -> dict[str, Any]:
+    async def collect(
+        self, alert: HealthAlertEvent, runbook: Runbook
+    ) -> tuple[dict[str, Any], Redactor]:
+        """The evidence, redacted, and the redactor scoped to the container (its environment
+        values are masked too) for everything else derived from it, the LLM's answer included."""
         container = alert.subject.container_id or alert.subject.container_name
         out: dict[str, Any] = {}
-        inspect_cache: dict[str, Any] | None = None
+        redactor = self.redactor
+        raw: dict[str, Any] | None = None
+        if container and self.docker and runbook.diagnostics:
+            try:
+                raw = await self.docker.inspect_raw(container)
+                env = (raw.get("Config") or {}).get("Env") or []
+                redactor = self.redactor.scoped(env_secret_values(env))
+            except DockerError as exc:
+                out["error:inspect"] = f"could not inspect: {exc}"
         for diagnostic in runbook.diagnostics:
             try:
-                if isinstance(diagnostic, InspectDiagnostic) and container and self.docker:
-                    if inspect_cache is None:
-                        inspect_cache = await self.docker.inspect_raw(container)
-                    picked = {f: pick(inspect_cache, f) for f in diagnostic.fields}
-                    out["inspect"] = redact_inspect(picked, self.redactor)
+                if isinstance(diagnostic, InspectDiagnostic) and raw is not None:
+                    picked = {f: pick(raw, f) for f in diagnostic.fields}
+                    out["inspect"] = redact_inspect(picked, redactor)
                 elif isinstance(diagnostic, LogsDiagnostic) and container and self.docker:
                     lines = await self.docker.logs_tail(container, diagnostic.tail)
-                    out["logs"] = "\n".join(self.redactor.lines(line[:500] for line in lines))
+                    out["logs"] = "\n".join(redactor.lines(line[:500] for line in lines))
                 elif isinstance(diagnostic, PromQLDiagnostic) and self.prometheus_url and self.http:
                     out[f"promql:{diagnostic.name}"] = await self._promql(alert, diagnostic)
             except (DockerError, httpx.HTTPError, ValueError, TimeoutError) as exc:
                 out[f"error:{diagnostic.type}"] = f"could not collect: {exc}"
                 log.info("analyzer.diagnostic_failed", type=diagnostic.type, error=str(exc))
-        return out
+        return out, redactor
 
     async def _promql(self, alert: HealthAlertEvent, diagnostic: PromQLDiagnostic) -> Any:
         assert self.http is not None

@@ -438,11 +438,12 @@ class MonitorAgent(BaseAgent):
                 logs = await self.docker.logs_tail(info.id, self.settings.monitor_log_tail_lines)
             except DockerError:
                 logs = []  # gone or unreachable: the alert still goes out
+        redactor = self.redactor.scoped(info.secret_values)
         payload = HealthAlert(
             kind=draft.kind,
             status=draft.status,
             detector=draft.detector,
-            summary=self.redactor.text(draft.summary),
+            summary=redactor.text(draft.summary),
             metrics=draft.metrics,
             thresholds=draft.thresholds,
             exit_code=draft.exit_code,
@@ -450,8 +451,8 @@ class MonitorAgent(BaseAgent):
             restart_count=info.restart_count,
             health_status=info.health,
             image=info.image,
-            labels=self.redactor.data(info.labels),
-            log_tail=self.redactor.lines(line[:500] for line in logs),
+            labels=redactor.data(info.labels),
+            log_tail=redactor.lines(line[:500] for line in logs),
         )
         event = make_event(
             HealthAlertEvent,

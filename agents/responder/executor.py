@@ -95,7 +95,8 @@ class Executor:
     async def _exec(self, action: ExecAction, info: ContainerInfo) -> ActionResult:
         p = action.params
         code, raw = await self.docker.exec(info.id, p.argv, p.user, p.timeout_s)
-        text = self.redactor.text(raw.decode("utf-8", errors="replace"))
+        redactor = self.redactor.scoped(info.secret_values)
+        text = redactor.text(raw.decode("utf-8", errors="replace"))
         if len(text) > self.output_limit:
             text = text[-self.output_limit :] + f"\n[truncated to the last {self.output_limit}]"
         if code is None:

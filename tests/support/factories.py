@@ -144,3 +144,90 @@ def every_event_type() -> list[Envelope]:
         ),
         make_event(EscalationEvent, payload=Escalation(reason="circuit open"), **common),
     ]
+
+
+def remediation_complete(
+    container: str = "c1",
+    status: RemediationStatus = RemediationStatus.SUCCEEDED,
+    severity: Severity = Severity.INFO,
+    **payload: Any,
+) -> RemediationCompleteEvent:
+    t = now()
+    fields: dict[str, Any] = {
+        "request_id": "req-1",
+        "alert_kind": AlertKind.CRASH,
+        "alert_occurred_at": t,
+        "runbook_id": "crash-nonzero-exit",
+        "action_id": "restart",
+        "action_type": "restart",
+        "status": status,
+        "dry_run": False,
+        "actor": "responder:test",
+        "analysis": analysis(),
+    } | payload
+    return make_event(
+        RemediationCompleteEvent,
+        source=SOURCE,
+        subject=subject(container),
+        severity=severity,
+        payload=RemediationComplete(**fields),
+        occurred_at=t,
+        emitted_at=t,
+        incident_id="inc-1",
+    )
+
+
+def approval_request(container: str = "c1", proposal_id: str = "p-abc") -> ApprovalRequestEvent:
+    t = now()
+    return make_event(
+        ApprovalRequestEvent,
+        source=SOURCE,
+        subject=subject(container),
+        severity=Severity.WARNING,
+        payload=ApprovalRequest(
+            proposal_id=proposal_id,
+            request_id="req-1",
+            runbook_id="high-memory",
+            action=RestartAction(id="restart"),
+            alert_kind=AlertKind.HIGH_MEMORY,
+            expires_at=t,
+            analysis=analysis(),
+            evidence="runbook high-memory requires approval for restart",
+            approve_command=f"hemostat approve {proposal_id}",
+            deny_command=f'hemostat deny {proposal_id} --reason "..."',
+        ),
+        occurred_at=t,
+        emitted_at=t,
+        incident_id="inc-2",
+    )
+
+
+def escalation(container: str = "c1", guard: str = "circuit_breaker") -> EscalationEvent:
+    t = now()
+    return make_event(
+        EscalationEvent,
+        source=SOURCE,
+        subject=subject(container),
+        severity=Severity.CRITICAL,
+        payload=Escalation(reason=f"{guard} open", guard=guard, details={"runbook": "crash"}),
+        occurred_at=t,
+        emitted_at=t,
+    )
+
+
+def false_alarm(container: str = "c1") -> FalseAlarmEvent:
+    t = now()
+    return make_event(
+        FalseAlarmEvent,
+        source=SOURCE,
+        subject=subject(container),
+        severity=Severity.INFO,
+        payload=FalseAlarm(
+            alert_kind=AlertKind.ANOMALY,
+            alert_occurred_at=t,
+            reason="transient",
+            analysis=analysis(),
+        ),
+        occurred_at=t,
+        emitted_at=t,
+    )

@@ -1,0 +1,1 @@
+"""The Alert agent: routed, deduplicated, redacted notifications; event history."""

@@ -1,0 +1,207 @@
+"""The Alert agent: tells people what happened — routed by event type and severity, deduplicated
+per (container, kind, outcome) within a window, redacted — and keeps the event history the
+dashboard reads. With no channel configured it still keeps history and says notifications are off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from typing import Any
+
+import httpx
+from redis.asyncio import Redis
+
+from agents.alert.channels import (
+    AppriseChannel,
+    Channel,
+    Delivery,
+    DiscordChannel,
+    Limits,
+    NtfyChannel,
+    SlackChannel,
+)
+from agents.alert.message import Notification, render
+from agents.alert.routing import parse_routes, route
+from agents.alert.store import AlertStore
+from agents.base import BaseAgent, periodic
+from shared.errors import ConfigError
+from shared.events import Channel as BusChannel
+from shared.events import Event
+from shared.redaction import Redactor
+from shared.runbooks import Runbooks, load_runbooks
+from shared.settings import Settings
+
+SEEN_PREFIX = "hemostat:alert:seen:"
+
+
+class AlertAgent(BaseAgent):
+    name = "alert"
+    consumes = (
+        BusChannel.REMEDIATION_COMPLETE,
+        BusChannel.FALSE_ALARM,
+        BusChannel.APPROVAL_REQUEST,
+        BusChannel.ESCALATION,
+    )
+
+    def __init__(
+        self,
+        *,
+        channels: list[Channel],
+        runbooks: Runbooks | None = None,
+        http: httpx.AsyncClient | None = None,
+        **kw: Any,
+    ) -> None:
+        super().__init__(**kw)
+        s = self.settings
+        self.channels = {c.name: c for c in channels}
+        self.routes = parse_routes(s.alert_routes)
+        self.runbooks = runbooks
+        self.http = http
+        self.store = AlertStore(
+            self.redis,
+            history_maxlen=s.alert_history_maxlen,
+            per_type_maxlen=s.alert_history_per_type_maxlen,
+        )
+        self.counts: dict[str, int] = {}
+
+    def partition_key(self, event: Event) -> str | None:
+        # Keeps one container's messages in order (and its dedup decisions consistent).
+        return event.subject.container_id or event.subject.container_name
+
+    def health_details(self) -> dict[str, Any]:
+        return super().health_details() | {"channels": sorted(self.channels), **self.counts}
+
+    async def on_started(self) -> None:
+        if not self.channels:
+            self.log.warning(
+                "alert.notifications_off",
+                reason="no channel configured (SLACK_WEBHOOK_URL, DISCORD_WEBHOOK_URL, "
+                "NTFY_URL+NTFY_TOPIC, APPRISE_URLS); history is still kept",
+            )
+        else:
+            self.log.info("alert.channels", channels=sorted(self.channels))
+
+    async def on_stop(self) -> None:
+        if self.http is not None:
+            await self.http.aclose()
+
+    @periodic(3600)
+    async def trim(self) -> None:
+        await self.store.trim_by_age(self.settings.alert_history_days)
+
+    def _count(self, key: str, n: int = 1) -> None:
+        self.counts[key] = self.counts.get(key, 0) + n
+
+    async def handle(self, event: Event) -> None:
+        seen = SEEN_PREFIX + event.id
+        if await self.redis.exists(seen):
+            return  # a redelivery of an event already notified
+        await self.store.remember(event)
+        notification = render(event, self.settings.dashboard_url)
+        targets = route(
+            self.routes,
+            notification.event_type,
+            notification.severity,
+            frozenset(self.channels),
+            self._runbook_channels(notification.runbook_id),
+        )
+        if targets:
+            await self._notify(notification, targets)
+        await self.redis.set(seen, "1", ex=86_400)
+
+    async def _notify(self, n: Notification, targets: frozenset[str]) -> None:
+        send, suppressed = await self.store.admit(n.dedup_key, self.settings.alert_dedup_window_s)
+        if not send:
+            self._count("deduplicated")
+            await self.store.log_delivery(
+                n, Delivery("*", "deduplicated", 0, f"{suppressed} suppressed in this window", 0)
+            )
+            self.log.info("alert.deduplicated", key=n.dedup_key, suppressed_so_far=suppressed)
+            return
+        n = replace(n, suppressed=suppressed)
+        results = await asyncio.gather(
+            *(self.channels[name].deliver(n) for name in sorted(targets))
+        )
+        for delivery in results:
+            self._count(delivery.status)
+            await self.store.log_delivery(n, delivery)
+            log = self.log.info if delivery.status == "sent" else self.log.warning
+            log(
+                "alert.delivery",
+                channel=delivery.channel,
+                status=delivery.status,
+                attempts=delivery.attempts,
+                detail=delivery.detail,
+                event_id=n.event_id,
+                container=n.container,
+            )
+
+    def _runbook_channels(self, runbook_id: str | None) -> frozenset[str]:
+        if not runbook_id or self.runbooks is None:
+            return frozenset()
+        runbook = self.runbooks.get(runbook_id)
+        return frozenset(runbook.notify.channels) if runbook else frozenset()
+
+
+def build_channels(
+    settings: Settings, http: httpx.AsyncClient, redactor: Redactor
+) -> list[Channel]:
+    limits = Limits(
+        timeout_s=settings.alert_channel_timeout_s,
+        max_attempts=settings.alert_max_attempts,
+        retry_after_cap_s=settings.alert_retry_after_cap_s,
+        concurrency=settings.alert_channel_concurrency,
+        failure_limit=settings.alert_channel_failure_limit,
+        rest_s=settings.alert_channel_rest_s,
+    )
+    channels: list[Channel] = []
+    if settings.slack_webhook_url:
+        channels.append(
+            SlackChannel(http, settings.slack_webhook_url.get_secret_value(), limits, redactor)
+        )
+    if settings.discord_webhook_url:
+        channels.append(
+            DiscordChannel(
+                http,
+                settings.discord_webhook_url.get_secret_value(),
+                limits,
+                redactor,
+                mention_critical=settings.discord_mention_critical,
+            )
+        )
+    if settings.ntfy_url and settings.ntfy_topic:
+        headers = {}
+        if settings.ntfy_token:
+            headers["Authorization"] = f"Bearer {settings.ntfy_token.get_secret_value()}"
+        channels.append(
+            NtfyChannel(
+                http,
+                settings.ntfy_url.rstrip("/"),
+                limits,
+                redactor,
+                headers=headers,
+                topic=settings.ntfy_topic.get_secret_value(),
+            )
+        )
+    if settings.apprise_urls:
+        urls = [u.strip() for u in settings.apprise_urls.get_secret_value().split(",") if u.strip()]
+        if urls:
+            try:
+                channels.append(AppriseChannel(urls, limits, redactor))
+            except ValueError as exc:
+                raise ConfigError(f"APPRISE_URLS: {exc}") from exc
+    return channels
+
+
+def build(settings: Settings, redis: Redis) -> AlertAgent:
+    redactor = Redactor(settings.secret_values())
+    http = httpx.AsyncClient(follow_redirects=False)
+    runbooks = load_runbooks(settings.runbooks_dir) if settings.runbooks_dir.is_dir() else None
+    return AlertAgent(
+        settings=settings,
+        redis=redis,
+        channels=build_channels(settings, http, redactor),
+        runbooks=runbooks,
+        http=http,
+    )

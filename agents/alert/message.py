@@ -1,0 +1,239 @@
+"""What a notification says, rendered from an event (pure): one `Notification`, then one payload
+per channel — Slack Block Kit, Discord embeds, ntfy JSON, plain text for apprise."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+
+from shared.events import (
+    Analysis,
+    ApprovalRequestEvent,
+    Envelope,
+    EscalationEvent,
+    FalseAlarmEvent,
+    RemediationCompleteEvent,
+    Severity,
+)
+from shared.redaction import Redactor
+
+ICON = {Severity.CRITICAL: "🔴", Severity.WARNING: "🟠", Severity.INFO: "🟢"}
+COLOR = {Severity.CRITICAL: 0xE01E5A, Severity.WARNING: 0xECB22E, Severity.INFO: 0x2EB67D}
+NTFY_PRIORITY = {Severity.CRITICAL: 5, Severity.WARNING: 4, Severity.INFO: 3}
+
+
+@dataclass(frozen=True)
+class Notification:
+    event_id: str
+    event_type: str
+    severity: Severity
+    title: str
+    summary: str
+    container: str
+    dedup_key: str
+    occurred_at: datetime
+    fields: list[tuple[str, str]] = field(default_factory=list)
+    incident_id: str | None = None
+    runbook_id: str | None = None
+    commands: list[str] = field(default_factory=list)
+    dry_run: bool = False
+    suppressed: int = 0
+    link: str | None = None
+
+    @property
+    def header(self) -> str:
+        dry = " [DRY-RUN]" if self.dry_run else ""
+        return f"{ICON[self.severity]} {self.severity.value.upper()}{dry} · {self.title}"
+
+    def redacted(self, redactor: Redactor) -> Notification:
+        """Every human-readable part masked (the last line of defence before a channel)."""
+        return replace(
+            self,
+            title=redactor.text(self.title),
+            summary=redactor.text(self.summary),
+            container=redactor.text(self.container),
+            fields=[(name, redactor.text(value)) for name, value in self.fields],
+            commands=[redactor.text(c) for c in self.commands],
+        )
+
+    def plain_text(self) -> str:
+        lines = [self.header, self.summary]
+        lines += [f"{name}: {value}" for name, value in self.fields]
+        lines += self.commands
+        if self.suppressed:
+            lines.append(f"({self.suppressed} similar message(s) suppressed since the last one)")
+        if self.incident_id:
+            lines.append(f"incident {self.incident_id}")
+        return "\n".join(line for line in lines if line)
+
+
+def _analysis_fields(analysis: Analysis | None) -> list[tuple[str, str]]:
+    if analysis is None:
+        return []
+    method = analysis.method.value + (f" ({analysis.model})" if analysis.model else "")
+    if analysis.fallback_reason:
+        method += f"; rules stood: {analysis.fallback_reason}"
+    return [
+        ("Root cause", analysis.root_cause),
+        ("Confidence", f"{analysis.confidence:.2f}"),
+        ("Analysis", method),
+    ]
+
+
+def render(event: Envelope, dashboard_url: str | None = None) -> Notification:
+    container = event.subject.display
+    common: dict[str, Any] = {
+        "event_id": event.id,
+        "event_type": str(getattr(event, "type", "")),
+        "severity": event.severity,
+        "container": container,
+        "occurred_at": event.occurred_at,
+        "incident_id": event.incident_id,
+        "link": f"{dashboard_url.rstrip('/')}/?incident={event.incident_id}"
+        if dashboard_url and event.incident_id
+        else None,
+    }
+    if isinstance(event, RemediationCompleteEvent):
+        p = event.payload
+        outcome = p.status.value + (f" ({p.guard})" if p.guard else "")
+        fields = [("Action", f"{p.action_type} · {p.action_id}"), ("Outcome", outcome)]
+        fields += _analysis_fields(p.analysis)
+        if p.reason:
+            fields.append(("Details", p.reason))
+        if p.output:
+            fields.append(("Output", p.output[-500:]))
+        if p.proposal_id:
+            fields.append(("Proposal", p.proposal_id))
+        if p.dry_run:
+            fields.append(("Dry run", "yes — nothing was changed"))
+        return Notification(
+            **common,
+            title=f"{container} · {p.action_type} → {outcome}",
+            summary=f"{p.alert_kind.value} on {container}: {p.action_type} {outcome}",
+            dedup_key=f"{container}|remediation:{p.alert_kind.value}:{p.action_type}|{outcome}",
+            fields=fields,
+            runbook_id=p.runbook_id,
+            dry_run=p.dry_run,
+        )
+    if isinstance(event, FalseAlarmEvent):
+        fa = event.payload
+        return Notification(
+            **common,
+            title=f"{container} · {fa.alert_kind.value} was a false alarm",
+            summary=fa.reason,
+            dedup_key=f"{container}|false_alarm:{fa.alert_kind.value}|false_alarm",
+            fields=_analysis_fields(fa.analysis),
+            runbook_id=fa.runbook_id,
+        )
+    if isinstance(event, ApprovalRequestEvent):
+        ap = event.payload
+        return Notification(
+            **common,
+            title=f"{container} · approval needed: {ap.action.type} ({ap.action.id})",
+            summary=ap.evidence or f"{ap.action.type} of {container} waits for a human decision",
+            # Every proposal is its own question: never deduplicated.
+            dedup_key=f"{container}|approval|{ap.proposal_id}",
+            fields=[
+                ("Proposal", ap.proposal_id),
+                ("Risk", ap.action.risk.value),
+                ("Expires", ap.expires_at.strftime("%Y-%m-%d %H:%M:%S UTC")),
+                *_analysis_fields(ap.analysis),
+            ],
+            runbook_id=ap.runbook_id,
+            commands=[ap.approve_command, ap.deny_command],
+        )
+    if isinstance(event, EscalationEvent):
+        es = event.payload
+        return Notification(
+            **common,
+            title=f"{container} · escalation: {es.guard or 'needs a human'}",
+            summary=es.reason,
+            dedup_key=f"{container}|escalation:{es.guard}|escalated",
+            fields=[(k.title(), v) for k, v in es.details.items()],
+        )
+    raise ValueError(f"no notification for {type(event).__name__}")
+
+
+# ---------------------------------------------------------------- channel payloads
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def slack(n: Notification) -> dict[str, Any]:
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": _cut(n.header, 150)}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": _cut(n.summary, 2900)}},
+    ]
+    if n.fields:
+        blocks.append(
+            {
+                "type": "section",
+                "fields": [
+                    {"type": "mrkdwn", "text": _cut(f"*{name}*\n{value}", 1900)}
+                    for name, value in n.fields[:10]
+                ],
+            }
+        )
+    if n.commands:
+        commands = "\n".join(f"`{c}`" for c in n.commands)
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": commands}})
+    context = [f"incident `{n.incident_id}`" if n.incident_id else "no incident"]
+    if n.dry_run:
+        context.append("*DRY-RUN*: nothing was changed")
+    if n.suppressed:
+        context.append(f"{n.suppressed} similar message(s) suppressed")
+    if n.link:
+        context.append(f"<{n.link}|dashboard>")
+    blocks.append(
+        {
+            "type": "context",
+            "elements": [{"type": "mrkdwn", "text": " · ".join(context)}],
+        }
+    )
+    return {"text": _cut(f"{n.header}: {n.summary}", 3000), "blocks": blocks}
+
+
+def discord(n: Notification, mention_critical: bool) -> dict[str, Any]:
+    mention = mention_critical and n.severity is Severity.CRITICAL
+    description = n.summary
+    if n.commands:
+        description += "\n" + "\n".join(f"`{c}`" for c in n.commands)
+    if n.suppressed:
+        description += f"\n_{n.suppressed} similar message(s) suppressed_"
+    embed: dict[str, Any] = {
+        "title": _cut(n.header, 256),
+        "description": _cut(description, 4000),
+        "color": COLOR[n.severity],
+        "fields": [
+            {"name": _cut(name, 256), "value": _cut(value or "-", 1024), "inline": len(value) < 40}
+            for name, value in n.fields[:25]
+        ],
+        "footer": {"text": f"incident {n.incident_id}" if n.incident_id else "HemoStat"},
+        "timestamp": n.occurred_at.isoformat(),
+    }
+    if n.link:
+        embed["url"] = n.link
+    return {
+        "content": "@here" if mention else "",
+        "embeds": [embed],
+        "allowed_mentions": {"parse": ["everyone"] if mention else []},
+    }
+
+
+def ntfy(n: Notification, topic: str) -> dict[str, Any]:
+    priority = NTFY_PRIORITY[n.severity]
+    if n.commands:
+        priority = max(priority, 4)
+    body: dict[str, Any] = {
+        "topic": topic,
+        "title": _cut(n.header, 250),
+        "message": _cut(n.plain_text(), 3500),
+        "priority": priority,
+        "tags": ["rotating_light" if n.severity is Severity.CRITICAL else "whale"],
+    }
+    if n.link:
+        body["click"] = n.link
+    return body

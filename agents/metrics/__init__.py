@@ -1,0 +1,1 @@
+"""The Metrics exporter: everything HemoStat knows, in Prometheus form on :9090/metrics."""
