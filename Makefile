@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 services:
-	scripts/ensure-services.sh redis docker busybox prometheus
+	scripts/ensure-services.sh redis docker busybox prometheus chromium
 
 test-image: install services
 	$(PY) -c 'from tests.support.services import docker_client, ensure_test_image; print(ensure_test_image(docker_client()))'
@@ -33,7 +33,7 @@ test-image: install services
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy agents shared
+	$(VENV)/bin/mypy agents shared dashboard
 
 format: install
 	$(VENV)/bin/ruff check --fix .

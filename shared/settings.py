@@ -376,6 +376,17 @@ class MetricsSettings(_Section):
     )
 
 
+class DashboardSettings(_Section):
+    """Dashboard (Streamlit)."""
+
+    dashboard_password: SecretStr | None = Field(
+        default=None, description="If set, Approve/Deny on the dashboard require this password."
+    )
+    dashboard_refresh_s: float = Field(
+        default=5.0, ge=1, description="How often the dashboard re-reads Redis."
+    )
+
+
 # Sections in the order `.env.example` lists them; later issues add one per agent.
 SECTIONS: tuple[type[_Section], ...] = (
     CoreSettings,
@@ -386,6 +397,7 @@ SECTIONS: tuple[type[_Section], ...] = (
     ResponderSettings,
     AlertSettings,
     MetricsSettings,
+    DashboardSettings,
 )
 
 
@@ -398,6 +410,7 @@ class Settings(
     ResponderSettings,
     AlertSettings,
     MetricsSettings,
+    DashboardSettings,
     BaseSettings,
 ):
     """All of HemoStat's configuration. Build it once at the entry point and pass it down."""
