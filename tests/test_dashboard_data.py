@@ -10,6 +10,8 @@ import redis as sync_redis
 
 from dashboard import data
 from shared.approvals import ApprovalStore, ProposalState
+from shared.bus import Bus
+from shared.events import Channel
 from shared.errors import ApprovalError
 from tests.conftest import make_settings
 from tests.support.dashboard_seed import seed
@@ -108,12 +110,20 @@ def test_password_gate_is_constant_time_and_optional(redis_url):
 
 async def test_audit_filters_and_agent_health(redis, sync):
     await seed(redis)
+    await Bus(redis).ensure_group(Channel.HEALTH_ALERT, "analyzer")
     assert {r["event"] for r in data.audit_log(sync)} == {"rejected", "dry_run"}
     [rejected] = data.audit_log(sync, event="rejected")
     assert rejected["failed guards"] == "cooldown"
     assert [r["container"] for r in data.audit_log(sync, container="shop-db-1")] == ["shop-db-1"]
     beats, groups, letters = data.agent_health(sync)
     assert {b.agent for b in beats} == {"monitor", "analyzer", "responder", "alert"}
+    [group] = groups
+    assert (group["channel"], group["group"], group["lag"], group["pending"]) == (
+        "hemostat:health_alert",
+        "analyzer",
+        1,
+        0,
+    )
     assert letters[0]["error"] == "malformed JSON"
 
 
