@@ -11,8 +11,8 @@ import redis as sync_redis
 from dashboard import data
 from shared.approvals import ApprovalStore, ProposalState
 from shared.bus import Bus
-from shared.events import Channel
 from shared.errors import ApprovalError
+from shared.events import Channel
 from tests.conftest import make_settings
 from tests.support.dashboard_seed import seed
 
