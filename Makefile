@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help install services test-image lint format test bench run up down clean
+.PHONY: help install services test-image lint format test e2e bench run up down demo clean
 
 help:
 	@echo "make run    - run every agent and the dashboard locally (dry-run by default)"
@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 services:
-	scripts/ensure-services.sh redis docker busybox prometheus chromium
+	scripts/ensure-services.sh redis docker busybox prometheus chromium compose
 
 test-image: install services
 	$(PY) -c 'from tests.support.services import docker_client, ensure_test_image; print(ensure_test_image(docker_client()))'
@@ -42,6 +42,10 @@ format: install
 test: install services test-image
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+e2e: install services
+	scripts/ensure-services.sh compose
+	$(PY) -m pytest -m compose tests/compose -s $(PYTEST_ARGS)
+
 bench: install services
 	$(PY) -m bench
 
@@ -50,10 +54,15 @@ run: install
 	$(VENV)/bin/hemostat run
 
 up:
+	@test -f .env || { cp .env.example .env; echo "created .env from .env.example: change the passwords"; }
 	docker compose up -d --build
 
+demo:
+	@test -f .env || cp .env.example .env
+	HEMOSTAT_DRY_RUN=false docker compose --profile demo up -d --build
+
 down:
-	docker compose down
+	docker compose --profile demo down
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .state

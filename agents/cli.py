@@ -20,6 +20,43 @@ def _cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
     return run_agent(load_factory(args.name), settings)
 
 
+def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from agents.runner import setup_logging
+    from agents.supervisor import run
+
+    setup_logging(settings)
+    return run(settings, dashboard=not args.no_dashboard)
+
+
+def _cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
+    """Serve the Streamlit dashboard (replaces this process)."""
+    import os
+    from pathlib import Path
+
+    import dashboard
+
+    app = Path(dashboard.__file__).parent / "app.py"
+    argv = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(app),
+        "--server.headless",
+        "true",
+        "--server.address",
+        args.host or settings.dashboard_host,
+        "--server.port",
+        str(args.port or settings.dashboard_port),
+        "--browser.gatherUsageStats",
+        "false",
+        "--server.fileWatcherType",
+        "none",
+    ]
+    os.execv(sys.executable, argv)
+    return 0  # not reached
+
+
 def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     """Exit 0 only when a fresh heartbeat of the agent exists (on this host unless --any-host)."""
     from redis.exceptions import RedisError
@@ -216,6 +253,15 @@ def build_parser() -> argparse.ArgumentParser:
     agent = sub.add_parser("agent", help="run one agent in the foreground")
     agent.add_argument("name", help="monitor | analyzer | responder | alert | metrics")
     agent.set_defaults(func=_cmd_agent)
+
+    run = sub.add_parser("run", help="run every agent and the dashboard on this host")
+    run.add_argument("--no-dashboard", action="store_true", help="agents only")
+    run.set_defaults(func=_cmd_run)
+
+    dash = sub.add_parser("dashboard", help="serve the Streamlit dashboard")
+    dash.add_argument("--host", help="bind address (default HEMOSTAT_DASHBOARD_HOST)")
+    dash.add_argument("--port", type=int, help="port (default HEMOSTAT_DASHBOARD_PORT)")
+    dash.set_defaults(func=_cmd_dashboard)
 
     check = sub.add_parser("check", help="exit 0 when the agent has a fresh heartbeat")
     check.add_argument("name")

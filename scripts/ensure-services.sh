@@ -36,6 +36,7 @@ for item in "${want[@]}"; do
       command -v prometheus-alertmanager >/dev/null 2>&1 || need_pkg prometheus-alertmanager ;;
     chromium)
       command -v chromium >/dev/null 2>&1 || need_pkg chromium ;;
+    compose) ;;  # handled below: Compose v2 is not packaged for bookworm
     *) log "unknown item: $item"; exit 2 ;;
   esac
 done
@@ -75,4 +76,29 @@ for item in "${want[@]}"; do
   done
   docker_ok || { log "dockerd did not come up:"; tail -20 /var/log/hemostat-dockerd.log >&2; exit 1; }
   log "dockerd is up: $(docker version --format '{{.Server.Version}}')"
+done
+
+install_compose() {
+  # Compose v2 is packaged from Debian 13 (trixie) on; its binary runs on bookworm.
+  local mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian} tmp
+  tmp=$(mktemp -d)
+  log "installing Docker Compose v2 from Debian trixie's docker-compose package"
+  curl -fsSL "$mirror/dists/trixie/main/binary-amd64/Packages.xz" -o "$tmp/Packages.xz"
+  local path
+  path=$(xz -dc "$tmp/Packages.xz" | awk '/^Package: docker-compose$/{p=1} p&&/^Filename:/{print $2; exit}')
+  [ -n "$path" ] || { log "docker-compose not found in trixie"; exit 1; }
+  curl -fsSL "$mirror/$path" -o "$tmp/docker-compose.deb"
+  dpkg -i "$tmp/docker-compose.deb" >/dev/null
+  rm -rf "$tmp"
+}
+
+for item in "${want[@]}"; do
+  [ "$item" = compose ] || continue
+  docker compose version >/dev/null 2>&1 && continue
+  is_root || { log "docker compose v2 is missing; install it"; exit 1; }
+  command -v curl >/dev/null 2>&1 && command -v xz >/dev/null 2>&1 || {
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl xz-utils >/dev/null
+  }
+  install_compose
+  docker compose version >&2
 done

@@ -13,7 +13,12 @@ from pydantic_core import PydanticUndefined
 from shared.settings import SECTIONS, env_name
 
 # Variables read by docker compose only (not by the agents), documented alongside.
-COMPOSE_ONLY: list[tuple[str, str, str]] = []
+COMPOSE_ONLY: list[tuple[str, str, str]] = [
+    ("REDIS_PASSWORD", "change-me-redis-password", "Redis password of the stack (change it)."),
+    ("GRAFANA_ADMIN_PASSWORD", "change-me-grafana-password", "Grafana admin password (change it)."),
+    ("BIND_ADDRESS", "127.0.0.1", "Host address the stack's web UIs are published on."),
+    ("PIP_NO_INDEX", "", "1 to build the image from deploy/wheelhouse only (air-gapped)."),
+]
 
 
 def _default_text(field: Any, name: str) -> str:

@@ -385,6 +385,10 @@ class DashboardSettings(_Section):
     dashboard_refresh_s: float = Field(
         default=5.0, ge=1, description="How often the dashboard re-reads Redis."
     )
+    dashboard_host: str = Field(
+        default="127.0.0.1", description="Address `hemostat run` binds the dashboard to."
+    )
+    dashboard_port: int = Field(default=8501, ge=1, le=65535, description="Dashboard port.")
 
 
 # Sections in the order `.env.example` lists them; later issues add one per agent.

@@ -69,6 +69,16 @@ def test_stop_or_restart_on_purpose_is_not_a_crash(tracker):
     ]
 
 
+def test_a_crash_soon_after_a_restart_is_not_mistaken_for_the_restart(tracker):
+    c = info()
+    tracker.on_event("kill", {"signal": "15"}, T0, c)
+    assert tracker.on_event("die", {"exitCode": "143"}, T0 + 0.5, c) == []
+    tracker.on_event("start", {}, T0 + 1, c)
+    crash = tracker.on_event("die", {"exitCode": "1"}, T0 + 2, c)
+    assert kinds(crash) == [(AlertKind.CRASH, AlertStatus.FIRING)]
+    assert tracker.tracks[c.id].deaths == (T0 + 2,)
+
+
 def test_oom_kill_is_reported_once_not_also_as_a_crash(tracker):
     c = info(memory_limit=16 * 2**20)
     oom = tracker.on_event("oom", {}, T0, c)

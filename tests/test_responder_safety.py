@@ -166,7 +166,7 @@ async def test_circuit_breaker_opens_escalates_and_closes_after_the_window(
     async with running_responder(redis, redis_url, folder):
         statuses = []
         for _ in range(3):
-            req = request(rbs, c, "restart-limited")  # cooldown 0, at most 2 per 3 s
+            req = request(rbs, c, "restart-limited")  # cooldown 0, at most 2 per 6 s
             await Bus(redis).publish(req)
             statuses.append(await outcome(redis, req.id))
         assert [d.payload.status for d in statuses] == [
@@ -178,7 +178,7 @@ async def test_circuit_breaker_opens_escalates_and_closes_after_the_window(
         [escalation] = await events_on(redis, Channel.ESCALATION)
         assert escalation.payload.guard == "circuit_breaker"
         assert escalation.subject.container_id == c.id
-        await asyncio.sleep(3.2)
+        await asyncio.sleep(6.2)
         after = request(rbs, c, "restart-limited")
         await Bus(redis).publish(after)
         assert (await outcome(redis, after.id)).payload.status is RemediationStatus.SUCCEEDED

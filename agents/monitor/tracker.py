@@ -219,6 +219,7 @@ class Tracker:
             return []
         if action == "start":
             t.running_since = at
+            t.last_kill_at = None  # that stop (or restart) is over: the next death is unplanned
             return []
         if action == "oom":
             t.last_oom_at = at

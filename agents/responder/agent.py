@@ -306,21 +306,23 @@ class ResponderAgent(BaseAgent):
             )
             return
         work.check("dry_run", True, "dry-run is off")
-        await work.record.executing(self.instance, self.clock.time())
+        issued_at = self.clock.time()
+        await work.record.executing(self.instance, issued_at)
         started = time.monotonic()
         result = await self.executor.run(action, info)
         work.timings["action_ms"] = round((time.monotonic() - started) * 1000, 1)
-        await self._book(info, action, result.ok)
+        # Booked at the time it was issued: a death during verification comes after it.
+        await self._book(info, action, result.ok, issued_at)
         status = RemediationStatus.SUCCEEDED if result.ok else RemediationStatus.FAILED
         await self._finish(
             work, status, reason=result.detail, verified=result.verified, output=result.output
         )
 
-    async def _book(self, info: ContainerInfo, action: Action, ok: bool) -> None:
+    async def _book(self, info: ContainerInfo, action: Action, ok: bool, at: float) -> None:
         await self.state.record_action(
             info.id,
             action.type,
-            self.clock.time(),
+            at,
             succeeded=ok,
             cooldown_base_s=(
                 action.guards.cooldown_s
@@ -334,9 +336,12 @@ class ResponderAgent(BaseAgent):
         """A replica stopped after issuing the action: never issue it twice, verify instead."""
         action = work.action
         assert action is not None
-        ok, detail = await self.executor.verify(action, info)
+        prior = await self.redis.hget(work.record.key, "executing_at")
+        since = float(prior) if prior else None
+        ok, detail = await self.executor.verify(action, info, since=since)
         if await self.state.cooldown_left(info.id, action.type) <= 0:
-            await self._book(info, action, ok)  # the stopped replica did not get to book it
+            # The stopped replica did not get to book it.
+            await self._book(info, action, ok, since or self.clock.time())
         status = RemediationStatus.SUCCEEDED if ok else RemediationStatus.FAILED
         await self._finish(
             work,

@@ -61,6 +61,7 @@ class Executor:
 
     async def run(self, action: Action, info: ContainerInfo) -> ActionResult:
         """Issue the action, then verify it within the action's verify window."""
+        issued_at = time.time()
         try:
             result = await self._issue(action, info)
         except ContainerNotFound as exc:
@@ -69,7 +70,7 @@ class Executor:
             return ActionResult(False, f"Docker refused: {exc}")
         if not result.ok or not action.verify.enabled or result.verified is not None:
             return result
-        verified, detail = await self.verify(action, info)
+        verified, detail = await self.verify(action, info, since=issued_at)
         return ActionResult(verified, f"{result.detail}; {detail}", result.output, verified)
 
     async def _issue(self, action: Action, info: ContainerInfo) -> ActionResult:
@@ -185,9 +186,11 @@ class Executor:
 
     # ------------------------------------------------------------------ verify
 
-    async def verify(self, action: Action, info: ContainerInfo) -> tuple[bool, str]:
+    async def verify(
+        self, action: Action, info: ContainerInfo, since: float | None = None
+    ) -> tuple[bool, str]:
         """Running (and healthy when it has a health check) within the window — or, for stop,
-        not running."""
+        not running. A container that started after `since` and died again fails at once."""
         deadline = time.monotonic() + action.verify.timeout_s
         want_running = not isinstance(action, StopAction)
         last: dict[str, Any] = {}
@@ -201,6 +204,14 @@ class Executor:
                 await asyncio.sleep(self.poll_s)
                 continue
             last = {"state": current.state, "health": current.health}
+            if want_running and not current.running and since is not None:
+                started = current.started_at.timestamp() if current.started_at else 0.0
+                finished = current.finished_at.timestamp() if current.finished_at else 0.0
+                if started >= since - 1 and finished >= started:
+                    return False, (
+                        f"died again {finished - started:.1f}s after starting "
+                        f"(exit code {current.exit_code})"
+                    )
             if not want_running:
                 if not current.running:
                     return True, "verified stopped"

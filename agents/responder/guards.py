@@ -218,6 +218,7 @@ class GuardState:
             pipe.delete(failures_key)
         else:
             pipe.set(failures_key, failures, ex=HISTORY_TTL_S)
+        # `now` is when the action was issued (history); the cooldown runs from its end.
         if cooldown > 0:
             pipe.set(f"{COOLDOWN_PREFIX}{container_id}:{action_type}", now, px=int(cooldown * 1000))
         await pipe.execute()

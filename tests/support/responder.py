@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import docker as docker_sdk
-
 from agents.responder.agent import ResponderAgent
 from shared.docker_api import DockerGateway
 from shared.events import (
@@ -45,7 +44,7 @@ actions:
   - {id: restart-approval-short, type: restart, params: {stop_timeout_s: 1},
      approval: {required: true, timeout_s: 1.5}}
   - {id: restart-limited, type: restart, params: {stop_timeout_s: 1},
-     guards: {cooldown_s: 0, max_attempts: 2, window_s: 3}}
+     guards: {cooldown_s: 0, max_attempts: 2, window_s: 6}}
   - {id: restart-once, type: restart, params: {stop_timeout_s: 1}, guards: {cooldown_s: 600}}
   - {id: stop, type: stop, params: {timeout_s: 1}, verify: {timeout_s: 10}}
   - {id: start, type: start}

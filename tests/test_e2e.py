@@ -1,0 +1,473 @@
+"""End to end: the five agents as separate OS processes started through the CLI, a real Redis, the
+real Docker engine, local HTTP receivers standing in for Slack and Discord. Everything is proven
+from the outside: Docker's own events, the streams, the receivers and `/metrics`."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis as sync_redis
+
+from shared.events import Channel, parse_event
+from shared.redis_server import free_port
+from tests.support.webhooks import Receiver
+
+pytestmark = [pytest.mark.docker, pytest.mark.redis]
+AGENTS = ("monitor", "analyzer", "responder", "alert", "metrics")
+OPT_IN = {"hemostat.remediate": "true"}
+# Crashes once, then (after a restart, /tmp survives) stays up.
+CRASH_ONCE = "if [ -f /tmp/ran ]; then sleep 3600; else touch /tmp/ran; sleep 1; exit 3; fi"
+CRASH_ALWAYS = "sleep 1; exit 1"
+
+RUNBOOKS = """
+id: e2e-crash
+version: 1
+priority: 10
+match: {kinds: [crash]}
+actions:
+  - {id: restart, type: restart, params: {stop_timeout_s: 1}, guards: {cooldown_s: 0},
+     verify: {timeout_s: 20}}
+  - {id: notify, type: none}
+default_action: restart
+---
+id: e2e-crash-approval
+version: 1
+priority: 50
+match: {kinds: [crash], labels: {e2e.approval: "true"}}
+actions:
+  - {id: restart, type: restart, params: {stop_timeout_s: 1}, approval: {required: true, timeout_s: 600},
+     verify: {timeout_s: 20}}
+default_action: restart
+---
+id: e2e-unhealthy
+version: 1
+match: {kinds: [unhealthy]}
+actions:
+  - {id: restart, type: restart, params: {stop_timeout_s: 1}, guards: {cooldown_s: 1},
+     verify: {timeout_s: 30, require_healthy: true}}
+default_action: restart
+---
+id: e2e-loop
+version: 1
+match: {kinds: [restart_loop]}
+actions:
+  - {id: notify, type: none}
+default_action: notify
+"""
+
+
+class Stack:
+    """Five agent processes (restartable one by one) plus what they talk to."""
+
+    def __init__(self, redis_url: str, folder: Path, receiver: Receiver) -> None:
+        self.redis_url = redis_url
+        self.folder = folder
+        self.receiver = receiver
+        self.metrics_port = free_port()
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.logs = folder / "logs"
+        self.logs.mkdir(exist_ok=True)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("HEMOSTAT_")} | {
+            "REDIS_URL": redis_url,
+            "HEMOSTAT_DRY_RUN": "false",
+            "HEMOSTAT_RUNBOOKS_DIR": str(folder / "runbooks"),
+            "HEMOSTAT_LOG_FORMAT": "json",
+            "HEMOSTAT_HOST_NAME": "e2e-host",
+            "HEMOSTAT_BUS_BLOCK_MS": "200",
+            "HEMOSTAT_BUS_CLAIM_IDLE_MS": "3000",
+            "HEMOSTAT_BUS_RECLAIM_INTERVAL_S": "0.5",
+            "HEMOSTAT_HEARTBEAT_INTERVAL_S": "1",
+            "HEMOSTAT_MONITOR_POLL_INTERVAL_S": "1",
+            "HEMOSTAT_MONITOR_MIN_ALERT_GAP_S": "0",
+            "HEMOSTAT_MONITOR_RECOVERY_WINDOW_S": "5",
+            "HEMOSTAT_MONITOR_BASELINE_ENABLED": "false",
+            "HEMOSTAT_WEBHOOK_PORT": "0",
+            "HEMOSTAT_METRICS_PORT": str(self.metrics_port),
+            "HEMOSTAT_METRICS_HOST": "127.0.0.1",
+            "HEMOSTAT_RESPONDER_VERIFY_STABLE_S": "1",
+            "HEMOSTAT_RESPONDER_LEASE_TTL_S": "5",
+            "HEMOSTAT_RESPONDER_CRASH_LOOP_LIMIT": "2",
+            "HEMOSTAT_RESPONDER_CRASH_LOOP_WINDOW_S": "30",
+            "HEMOSTAT_RESPONDER_CIRCUIT_MAX_ACTIONS": "10",
+            "HEMOSTAT_ALERT_DEDUP_WINDOW_S": "0",
+            "HEMOSTAT_ALERT_ROUTES": "info=slack;warning=slack,discord;critical=slack,discord;"
+            "escalation=slack,discord;approval_request=slack,discord",
+            "SLACK_WEBHOOK_URL": receiver.url("/slack"),
+            "DISCORD_WEBHOOK_URL": receiver.url("/discord"),
+            "HEMOSTAT_LLM_PROVIDER": "none",
+        }
+
+    def start(self, name: str, **extra: str) -> None:
+        env = self.env | {"HEMOSTAT_INSTANCE": f"e2e-{name}"} | extra
+        log = (self.logs / f"{name}.log").open("ab")
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "agents.cli", "agent", name],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+
+    def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
+        proc = self.procs.pop(name)
+        proc.send_signal(sig)
+        proc.wait(30)
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+
+    def log(self, name: str) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")[-4000:]
+
+
+def wait(condition: Any, timeout: float = 60, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s: {what}")
+
+
+@pytest.fixture(scope="module")
+def stack(redis_service, tmp_path_factory, docker) -> Iterator[Stack]:
+    r = sync_redis.Redis.from_url(redis_service.url)
+    r.flushall()
+    r.close()
+    folder = tmp_path_factory.mktemp("e2e")
+    (folder / "runbooks").mkdir()
+    for n, doc in enumerate(RUNBOOKS.split("---")):
+        (folder / "runbooks" / f"{n}.yaml").write_text(doc)
+    receiver = Receiver().start()
+    s = Stack(redis_service.url, folder, receiver)
+    for name in AGENTS:
+        s.start(name)
+    client = sync_redis.Redis.from_url(redis_service.url, decode_responses=True)
+    try:
+        wait(lambda: len(list(client.scan_iter("hemostat:heartbeat:*"))) >= 5, 30, "5 heartbeats")
+        time.sleep(1.5)  # the Monitor subscribes to Docker events right after its first beat
+        yield s
+    finally:
+        s.stop_all()
+        receiver.stop()
+        client.close()
+
+
+@pytest.fixture
+def r(stack: Stack) -> Iterator[sync_redis.Redis]:
+    client = sync_redis.Redis.from_url(stack.redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+def events(r: sync_redis.Redis, channel: Channel) -> list[Any]:
+    return [parse_event(f["event"]) for _, f in r.xrange(channel)]
+
+
+def outcomes(r: sync_redis.Redis, container_id: str) -> list[Any]:
+    return [
+        e for e in events(r, Channel.REMEDIATION_COMPLETE) if e.subject.container_id == container_id
+    ]
+
+
+def restarts(docker: Any, container_id: str, since: float) -> int:
+    found = docker.api.events(
+        since=int(since),
+        until=int(time.time()) + 1,
+        decode=True,
+        filters={"type": "container", "container": container_id, "event": "restart"},
+    )
+    return sum(1 for _ in found)
+
+
+def run(docker: Any, image: str, script: str, labels: dict[str, str], **kw: Any) -> Any:
+    return docker.containers.run(image, ["sh", "-c", script], labels=labels, detach=True, **kw)
+
+
+def test_1_a_crash_is_restarted_once_notified_and_counted(stack, r, docker, test_image, run_label):
+    since = time.time() - 1
+    c = run(docker, test_image, CRASH_ONCE, run_label | OPT_IN)
+    wait(
+        lambda: any(o.payload.status == "succeeded" for o in outcomes(r, c.id)),
+        60,
+        f"restart of the crashed container\n{stack.log('responder')}",
+    )
+    time.sleep(2)
+    assert restarts(docker, c.id, since) == 1
+    c.reload()
+    assert c.status == "running"
+    wait(
+        lambda: any(c.name in h.raw and "succeeded" in h.raw for h in stack.receiver.at("/slack")),
+        30,
+        "a Slack message about it",
+    )
+    metrics = httpx.get(f"http://127.0.0.1:{stack.metrics_port}/metrics").text
+    assert 'hemostat_remediations_total{action="restart",status="succeeded"}' in metrics
+    succeeded = 'hemostat_remediations_total{action="restart",status="succeeded"}'
+    line = next(row for row in metrics.splitlines() if row.startswith(succeeded))
+    assert float(line.rsplit(" ", 1)[1]) >= 1
+
+
+def test_2_a_failing_health_check_is_restarted_and_verified(
+    stack, r, docker, test_image, run_label
+):
+    script = (
+        "if [ -f /tmp/ran ]; then touch /tmp/ok; sleep 3600; else touch /tmp/ran; sleep 3600; fi"
+    )
+    c = run(
+        docker,
+        test_image,
+        script,
+        run_label | OPT_IN,
+        healthcheck={
+            "test": ["CMD", "test", "-f", "/tmp/ok"],
+            "interval": 500_000_000,
+            "retries": 1,
+        },
+    )
+    wait(lambda: any(o.payload.status == "succeeded" for o in outcomes(r, c.id)), 60, "healed")
+    done = next(o for o in outcomes(r, c.id) if o.payload.status == "succeeded")
+    assert done.payload.verified is True
+    assert "healthy" in done.payload.reason
+    assert done.payload.alert_kind == "unhealthy"
+
+
+def test_3_a_crash_loop_stops_being_restarted_and_is_escalated(
+    stack, r, docker, test_image, run_label
+):
+    since = time.time() - 1
+    c = run(docker, test_image, CRASH_ALWAYS, run_label | OPT_IN)
+
+    def looped() -> bool:
+        return any(o.payload.guard == "crash_loop" for o in outcomes(r, c.id))
+
+    wait(
+        looped,
+        90,
+        f"the crash-loop guard\n{stack.log('monitor')}\n{stack.log('analyzer')}\n{stack.log('responder')}",
+    )
+    assert any(
+        "died again" in o.payload.reason for o in outcomes(r, c.id) if o.payload.status == "failed"
+    )
+    escalations = [e for e in events(r, Channel.ESCALATION) if e.subject.container_id == c.id]
+    assert [e.payload.guard for e in escalations] == ["crash_loop"]
+    count = restarts(docker, c.id, since)
+    assert count == 2, "restarted up to the limit, then no more"
+    time.sleep(4)
+    assert restarts(docker, c.id, since) == count, "no restart after the guard held"
+    wait(
+        lambda: any(
+            "crash_loop" in h.raw and c.name in h.raw for h in stack.receiver.at("/discord")
+        ),
+        30,
+        "the escalation reached people",
+    )
+
+
+def test_4_unlabelled_and_protected_containers_are_reported_never_touched(
+    stack, r, docker, test_image, run_label
+):
+    since = time.time() - 1
+    plain = run(docker, test_image, CRASH_ONCE, run_label)
+    protected = run(
+        docker, test_image, CRASH_ONCE, run_label | OPT_IN | {"hemostat.protect": "true"}
+    )
+    for c, why in ((plain, "not opted in"), (protected, "protected")):
+        wait(lambda c=c: outcomes(r, c.id), 60, f"an outcome for {c.name}")
+        [done] = outcomes(r, c.id)
+        assert (done.payload.status, done.payload.guard) == ("rejected", "target_policy")
+        assert why in done.payload.reason
+        alerts = [e for e in events(r, Channel.HEALTH_ALERT) if e.subject.container_id == c.id]
+        assert alerts, "it is still reported"
+        assert restarts(docker, c.id, since) == 0
+        c.reload()
+        assert c.status == "exited"
+
+
+def test_5_with_dry_run_nothing_is_touched_but_everything_is_recorded(
+    stack, r, docker, test_image, run_label
+):
+    stack.stop("responder")
+    stack.start("responder", HEMOSTAT_DRY_RUN="true")
+    try:
+        since = time.time() - 1
+        c = run(docker, test_image, CRASH_ONCE, run_label | OPT_IN)
+        wait(lambda: outcomes(r, c.id), 60, "a dry-run outcome")
+        [done] = outcomes(r, c.id)
+        assert done.payload.status == "dry_run"
+        assert done.payload.dry_run is True
+        assert restarts(docker, c.id, since) == 0
+        c.reload()
+        assert c.status == "exited"
+        out = subprocess.run(
+            [sys.executable, "-m", "agents.cli", "audit", "--container", c.id[:12], "--json"],
+            env=stack.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert '"event":"dry_run"' in out
+        wait(
+            lambda: any(
+                "DRY-RUN" in h.raw and c.name in h.raw for h in stack.receiver.at("/slack")
+            ),
+            30,
+        )
+    finally:
+        stack.stop("responder")
+        stack.start("responder")
+        time.sleep(1)
+
+
+def test_6_an_approval_waits_is_approved_through_the_cli_then_executes(
+    stack, r, docker, test_image, run_label
+):
+    since = time.time() - 1
+    c = run(docker, test_image, CRASH_ONCE, run_label | OPT_IN | {"e2e.approval": "true"})
+    wait(
+        lambda: any(o.payload.status == "pending_approval" for o in outcomes(r, c.id)),
+        60,
+        "a proposal",
+    )
+    proposal = next(o.payload.proposal_id for o in outcomes(r, c.id) if o.payload.proposal_id)
+    time.sleep(2)
+    assert restarts(docker, c.id, since) == 0, "nothing happens before a human decides"
+    assert any(proposal in h.raw for h in stack.receiver.at("/slack")), "people were asked"
+    done = subprocess.run(
+        [sys.executable, "-m", "agents.cli", "approve", proposal, "--actor", "e2e-operator"],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    wait(
+        lambda: any(o.payload.status == "succeeded" for o in outcomes(r, c.id)),
+        60,
+        "the approved restart",
+    )
+    assert restarts(docker, c.id, since) == 1
+
+
+def test_7_a_responder_killed_mid_stream_loses_nothing_and_repeats_nothing(
+    stack, r, docker, test_image, run_label
+):
+    since = time.time() - 1
+    made = [run(docker, test_image, CRASH_ONCE, run_label | OPT_IN) for _ in range(6)]
+    ids = {c.id for c in made}
+    wait(lambda: any(restarts(docker, c.id, since) for c in made), 60, "the first restart")
+    stack.stop("responder", signal.SIGKILL)
+    stack.start("responder")  # same instance name: it resumes its own pending messages
+    wait(
+        lambda: all(any(o.payload.status == "succeeded" for o in outcomes(r, i)) for i in ids),
+        120,
+        f"every request finished\n{stack.log('responder')}",
+    )
+    time.sleep(2)
+    assert {c.id: restarts(docker, c.id, since) for c in made} == dict.fromkeys(ids, 1)
+    requests = Counter(o.payload.request_id for i in ids for o in outcomes(r, i))
+    assert set(requests.values()) == {1}, "one outcome per request"
+    assert r.xpending(Channel.REMEDIATION_NEEDED, "responder")["pending"] == 0
+
+
+def test_the_compose_file_is_valid_for_the_compose_cli(tmp_path):
+    root = Path(__file__).parent.parent
+    compose = ["docker", "compose"] if _has_compose() else None
+    if compose is None:
+        from tests.support.services import unavailable
+
+        unavailable("docker compose not installed (make test installs it)")
+    env_file = tmp_path / ".env"
+    env_file.write_text((root / ".env.example").read_text())
+    out = subprocess.run(
+        [*compose, "--env-file", str(env_file), "--profile", "demo", "config", "--format", "json"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    import json
+
+    config = json.loads(out.stdout)
+    services = config["services"]
+    assert {
+        "redis",
+        "monitor",
+        "analyzer",
+        "responder",
+        "alert",
+        "metrics",
+        "dashboard",
+        "prometheus",
+        "alertmanager",
+        "grafana",
+        "socket-proxy",
+    } <= set(services)
+    assert "ports" not in services["redis"], "Redis is never published"
+    assert all(p["host_ip"] == "127.0.0.1" for p in services["dashboard"]["ports"])
+    mounts = {
+        name: [v["source"] for v in s.get("volumes", []) if v["type"] == "bind"]
+        for name, s in services.items()
+    }
+    assert [n for n, m in mounts.items() if "/var/run/docker.sock" in m] == ["socket-proxy"]
+    assert services["responder"]["environment"]["HEMOSTAT_DRY_RUN"] == "true"
+    for name in ("monitor", "analyzer", "responder", "alert", "metrics"):
+        assert services[name]["healthcheck"]["test"] == ["CMD", "hemostat", "check", name]
+        assert services[name]["labels"]["hemostat.stack"] == "true"
+
+
+def _has_compose() -> bool:
+    return subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+
+
+def test_the_agent_image_builds_runs_as_non_root_and_carries_no_secrets():
+    root = Path(__file__).parent.parent
+    # No registry here: the python:3.11-slim stand-in and the wheelhouse come from Debian/PyPI.
+    subprocess.run(
+        ["scripts/offline-images.sh", "python", "wheels"],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
+    env = dict(os.environ) | {"DOCKER_BUILDKIT": "0"}
+    built = subprocess.run(
+        ["docker", "build", "-q", "--build-arg", "PIP_NO_INDEX=1", "-t", "hemostat:test", "."],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    try:
+        help_text = subprocess.run(
+            ["docker", "run", "--rm", "hemostat:test", "--help"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "agent" in help_text and "check" in help_text
+        probe = "id -u; ls -A /app; test -e /app/.env && echo HAS_DOTENV || true"
+        out = subprocess.run(
+            ["docker", "run", "--rm", "--entrypoint", "sh", "hemostat:test", "-c", probe],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        assert out[0] == "10001", "runs as a non-root user"
+        assert "HAS_DOTENV" not in out
+        assert out[1:] == ["runbooks"], "only the runbooks next to the installed package"
+    finally:
+        subprocess.run(["docker", "rmi", "-f", "hemostat:test"], capture_output=True)
