@@ -12,6 +12,7 @@ BENCHES = {
     "responder": "bench.responder_latency",
     "alert": "bench.alert_burst",
     "metrics": "bench.metrics_exporter",
+    "e2e": "bench.e2e_healing",
 }
 
 
