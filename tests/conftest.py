@@ -18,6 +18,9 @@ from tests.support.services import (
     remove_test_containers,
 )
 
+# Fixtures shared by several test modules (e.g. `runbooks` for the Responder tests).
+pytest_plugins = ["tests.support.responder"]
+
 
 @pytest.fixture(scope="session")
 def redis_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:

@@ -11,25 +11,9 @@ import pytest
 from shared.bus import Bus
 from shared.events import DEAD_LETTER_STREAM, Channel, encode_event
 from tests.support import factories
-from tests.support.bus import running, wait_until
+from tests.support.bus import fast_consumer, running, wait_until
 
 pytestmark = pytest.mark.redis
-
-
-def make_consumer(bus, handler, name="c1", group="g", **kw):
-    opts = dict(
-        group=group,
-        name=name,
-        channels=[Channel.HEALTH_ALERT],
-        handler=handler,
-        block_ms=50,
-        claim_idle_ms=500,
-        reclaim_interval_s=0.1,
-        retry_backoff_s=0.02,
-        max_deliveries=3,
-        grace_s=5,
-    )
-    return bus.consumer(**(opts | kw))
 
 
 async def pending_count(redis, group="g", channel=Channel.HEALTH_ALERT):
@@ -44,7 +28,7 @@ async def test_round_trip_validates_and_acks(redis):
     async def handler(event):
         received.append(event)
 
-    consumer = make_consumer(bus, handler)
+    consumer = fast_consumer(bus, handler)
     sent = factories.health_alert()
     async with running(consumer):
         await wait_until(lambda: redis.exists(Channel.HEALTH_ALERT))  # group created
@@ -92,8 +76,8 @@ async def test_two_consumers_of_a_group_split_the_work_without_duplicates(redis)
 
     await bus.ensure_group(Channel.HEALTH_ALERT, "g")
     events = [factories.health_alert(f"c{i % 7}") for i in range(400)]
-    a = make_consumer(bus, handler_for("a"), name="a", concurrency=4)
-    b = make_consumer(bus, handler_for("b"), name="b", concurrency=4)
+    a = fast_consumer(bus, handler_for("a"), name="a", concurrency=4)
+    b = fast_consumer(bus, handler_for("b"), name="b", concurrency=4)
     async with running(a), running(b):
         for chunk in range(0, 400, 50):
             await bus.publish_many(events[chunk : chunk + 50])
@@ -114,8 +98,8 @@ async def test_each_group_gets_every_event(redis):
 
         return handler
 
-    x = make_consumer(bus, handler_for("x"), group="x")
-    y = make_consumer(bus, handler_for("y"), group="y")
+    x = fast_consumer(bus, handler_for("x"), group="x")
+    y = fast_consumer(bus, handler_for("y"), group="y")
     for group in ("x", "y"):
         await bus.ensure_group(Channel.HEALTH_ALERT, group)
     events = [factories.health_alert() for _ in range(20)]
@@ -134,7 +118,7 @@ async def test_events_published_before_first_start_are_not_lost(redis):
     async def handler(event):
         received.append(event.id)
 
-    async with running(make_consumer(bus, handler)):
+    async with running(fast_consumer(bus, handler)):
         await wait_until(lambda: received)
     assert received == [early.id]
 
@@ -147,7 +131,7 @@ async def test_poison_message_is_dead_lettered_after_max_deliveries(redis):
         attempts[event.id] += 1
         raise RuntimeError("handler exploded on purpose")
 
-    consumer = make_consumer(bus, handler, max_deliveries=3)
+    consumer = fast_consumer(bus, handler, max_deliveries=3)
     poison = factories.health_alert()
     await bus.ensure_group(Channel.HEALTH_ALERT, "g")
     async with running(consumer):
@@ -172,7 +156,7 @@ async def test_transient_failure_is_retried_and_then_acknowledged_not_dead_lette
         if attempts[event.id] < 3:
             raise ConnectionError("flaky dependency")
 
-    consumer = make_consumer(bus, handler, max_deliveries=3)
+    consumer = fast_consumer(bus, handler, max_deliveries=3)
     await bus.ensure_group(Channel.HEALTH_ALERT, "g")
     event = factories.health_alert()
     async with running(consumer):
@@ -200,7 +184,7 @@ async def test_malformed_messages_go_straight_to_dead_letter_with_reason(redis, 
     async def handler(event):
         handled.append(event)
 
-    consumer = make_consumer(bus, handler)
+    consumer = fast_consumer(bus, handler)
     await bus.ensure_group(Channel.HEALTH_ALERT, "g")
     good = factories.health_alert()
     async with running(consumer):
@@ -234,7 +218,7 @@ async def test_concurrency_is_bounded_and_a_slow_handler_does_not_hold_back_othe
         finally:
             active -= 1
 
-    consumer = make_consumer(bus, handler, concurrency=4)
+    consumer = fast_consumer(bus, handler, concurrency=4)
     await bus.ensure_group(Channel.HEALTH_ALERT, "g")
     async with running(consumer):
         await bus.publish(factories.health_alert("slow"))
@@ -262,7 +246,7 @@ async def test_partition_key_serialises_events_of_one_container(redis):
             order.append(event.payload.restart_count)
         active[key] -= 1
 
-    consumer = make_consumer(
+    consumer = fast_consumer(
         bus, handler, concurrency=8, partition_key=lambda e: e.subject.container_id
     )
     await bus.ensure_group(Channel.HEALTH_ALERT, "g")

@@ -15,25 +15,10 @@ from redis.asyncio import Redis
 from shared.bus import Bus
 from shared.events import Channel
 from tests.support import factories
-from tests.support.bus import running, wait_until
+from tests.support.bus import fast_consumer, running, wait_until
 from tests.support.services import redis_server
 
 pytestmark = pytest.mark.redis
-
-
-def consumer(bus, handler, name, **kw):
-    opts = dict(
-        group="g",
-        name=name,
-        channels=[Channel.HEALTH_ALERT],
-        handler=handler,
-        block_ms=50,
-        claim_idle_ms=500,
-        reclaim_interval_s=0.1,
-        retry_backoff_s=0.02,
-        grace_s=5,
-    )
-    return bus.consumer(**(opts | kw))
 
 
 async def test_message_of_a_killed_consumer_is_delivered_to_another(redis, redis_url):
@@ -62,7 +47,7 @@ async def test_message_of_a_killed_consumer_is_delivered_to_another(redis, redis
     async def handler(ev):
         received.append(ev.id)
 
-    survivor = consumer(bus, handler, "survivor")
+    survivor = fast_consumer(bus, handler, "survivor")
     async with running(survivor):
         await wait_until(lambda: received, timeout=10, what="reclaimed delivery")
         await wait_until(lambda: survivor.stats.handled == 1)
@@ -83,8 +68,8 @@ async def test_a_slow_live_handler_keeps_its_message(redis):
 
         return handler
 
-    a = consumer(bus, slow_handler("a"), "a")
-    b = consumer(bus, slow_handler("b"), "b")
+    a = fast_consumer(bus, slow_handler("a"), "a")
+    b = fast_consumer(bus, slow_handler("b"), "b")
     async with running(a):
         await bus.publish(factories.health_alert())
         await wait_until(lambda: calls["a"] == 1)
@@ -104,7 +89,7 @@ async def test_graceful_stop_finishes_in_flight_work_and_acknowledges_it(redis):
         await asyncio.sleep(0.5)
         finished.append(ev.id)
 
-    c = consumer(bus, handler, "a", grace_s=5)
+    c = fast_consumer(bus, handler, "a", grace_s=5)
     task = asyncio.create_task(c.run())
     event = factories.health_alert()
     await bus.publish(event)
@@ -124,7 +109,7 @@ async def test_work_cut_off_by_the_grace_period_stays_pending_for_redelivery(red
         started.set()
         await asyncio.sleep(30)
 
-    c = consumer(bus, handler, "a", grace_s=0.2)
+    c = fast_consumer(bus, handler, "a", grace_s=0.2)
     task = asyncio.create_task(c.run())
     await bus.publish(factories.health_alert())
     await asyncio.wait_for(started.wait(), 5)
@@ -144,8 +129,8 @@ async def test_redis_restarted_mid_stream_loses_no_events(tmp_path):
         async def handler(ev):
             seen[ev.id] += 1
 
-        a = consumer(bus, handler, "a", concurrency=8)
-        b = consumer(bus, handler, "b", concurrency=8)
+        a = fast_consumer(bus, handler, "a", concurrency=8)
+        b = fast_consumer(bus, handler, "b", concurrency=8)
         published: list[str] = []
 
         async def publisher():

@@ -12,22 +12,15 @@ from shared import audit
 from shared.bus import Bus
 from shared.events import Channel, RemediationStatus
 from tests.support.responder import (
+    OPT_IN,
     outcome,
     request,
     restart_events,
     running_responder,
-    write_runbooks,
 )
 from tests.support.streams import events_on
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis]
-OPT_IN = {"hemostat.remediate": "true"}
-
-
-@pytest.fixture
-def runbooks(tmp_path):
-    folder = tmp_path / "runbooks"
-    return folder, write_runbooks(folder)
 
 
 def sleeper(docker, test_image, labels, **kw):

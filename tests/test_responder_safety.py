@@ -16,23 +16,16 @@ from shared.container_state import record_death
 from shared.errors import ApprovalError
 from shared.events import Channel, Decision, RemediationStatus
 from tests.support.responder import (
+    OPT_IN,
     completions,
     outcome,
     request,
     restart_events,
     running_responder,
-    write_runbooks,
 )
 from tests.support.streams import events_on
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis]
-OPT_IN = {"hemostat.remediate": "true"}
-
-
-@pytest.fixture
-def runbooks(tmp_path):
-    folder = tmp_path / "runbooks"
-    return folder, write_runbooks(folder)
 
 
 @pytest.fixture

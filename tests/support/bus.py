@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from shared.bus import Consumer
+from shared.events import Channel
 
 
 async def wait_until(
@@ -36,3 +37,23 @@ async def running(consumer: Consumer) -> AsyncIterator[asyncio.Task[None]]:
 
 
 Handler = Callable[[Any], Awaitable[None]]
+
+
+def fast_consumer(
+    bus: Any, handler: Handler, name: str = "c1", group: str = "g", **kw: Any
+) -> Consumer:
+    """A consumer on hemostat:health_alert with timings shrunk for tests."""
+    opts: dict[str, Any] = {
+        "group": group,
+        "name": name,
+        "channels": [Channel.HEALTH_ALERT],
+        "handler": handler,
+        "block_ms": 50,
+        "claim_idle_ms": 500,
+        "reclaim_interval_s": 0.1,
+        "retry_backoff_s": 0.02,
+        "max_deliveries": 3,
+        "grace_s": 5,
+    }
+    consumer: Consumer = bus.consumer(**(opts | kw))
+    return consumer

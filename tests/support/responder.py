@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import docker as docker_sdk
+import pytest
+
 from agents.responder.agent import ResponderAgent
 from shared.docker_api import DockerGateway
 from shared.events import (
@@ -58,6 +60,15 @@ actions:
   - {id: notify, type: none}
 default_action: restart
 """
+
+
+OPT_IN = {"hemostat.remediate": "true"}
+
+
+@pytest.fixture
+def runbooks(tmp_path: Path) -> tuple[Path, Runbooks]:
+    folder = tmp_path / "runbooks"
+    return folder, write_runbooks(folder)
 
 
 def write_runbooks(folder: Path) -> Runbooks:
