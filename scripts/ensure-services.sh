@@ -85,7 +85,8 @@ install_compose() {
   log "installing Docker Compose v2 from Debian trixie's docker-compose package"
   curl -fsSL "$mirror/dists/trixie/main/binary-amd64/Packages.xz" -o "$tmp/Packages.xz"
   local path
-  path=$(xz -dc "$tmp/Packages.xz" | awk '/^Package: docker-compose$/{p=1} p&&/^Filename:/{print $2; exit}')
+  # awk reads to the end: exiting early would SIGPIPE xz and fail the pipeline under pipefail.
+  path=$(xz -dc "$tmp/Packages.xz" | awk '/^Package: docker-compose$/{p=1} p&&!done&&/^Filename:/{print $2; done=1}')
   [ -n "$path" ] || { log "docker-compose not found in trixie"; exit 1; }
   curl -fsSL "$mirror/$path" -o "$tmp/docker-compose.deb"
   dpkg -i "$tmp/docker-compose.deb" >/dev/null
