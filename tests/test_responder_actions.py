@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 
 import pytest
+from docker import errors as docker_errors
 
 from shared import audit
 from shared.bus import Bus
@@ -160,23 +162,31 @@ async def test_cleanup_removes_exited_members_of_the_service_but_keeps_volumes(
     )
     for c in [*exited, protected]:
         c.wait(timeout=20)
-    volumes = [m["Name"] for m in docker.api.inspect_container(exited[0].id)["Mounts"]]
-    async with running_responder(redis, redis_url, folder):
-        req = request(rbs, target, "cleanup")
-        await Bus(redis).publish(req)
-        done = await outcome(redis, req.id)
-    assert done.payload.status is RemediationStatus.SUCCEEDED
-    assert "removed 2 exited container(s)" in done.payload.reason
-    remaining = {
-        c.id
-        for c in docker.containers.list(
-            all=True, filters={"label": f"com.docker.compose.project={project}"}
-        )
-    }
-    assert remaining == {target.id, protected.id}
-    assert all(docker.volumes.get(v) for v in volumes), "volumes are never removed unless asked"
-    for v in volumes:
-        docker.volumes.get(v).remove(force=True)
+    volumes = [m["Name"] for c in exited for m in docker.api.inspect_container(c.id)["Mounts"]]
+    assert len(volumes) == 2
+    try:
+        async with running_responder(redis, redis_url, folder):
+            req = request(rbs, target, "cleanup")
+            await Bus(redis).publish(req)
+            done = await outcome(redis, req.id)
+        assert done.payload.status is RemediationStatus.SUCCEEDED
+        assert "removed 2 exited container(s)" in done.payload.reason
+        remaining = {
+            c.id
+            for c in docker.containers.list(
+                all=True, filters={"label": f"com.docker.compose.project={project}"}
+            )
+        }
+        assert remaining == {target.id, protected.id}
+        assert all(docker.volumes.get(v) for v in volumes), "volumes are never removed unless asked"
+    finally:
+        # Anonymous volumes carry no label, so the run-label sweep cannot find them.
+        for c in exited:
+            with contextlib.suppress(docker_errors.NotFound):
+                c.remove(force=True)
+        for v in volumes:
+            with contextlib.suppress(docker_errors.NotFound):
+                docker.volumes.get(v).remove(force=True)
 
 
 async def test_a_notify_only_request_changes_nothing(
