@@ -117,6 +117,28 @@ async def test_rate_limit_then_success_honours_retry_after(provider, fake, runbo
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
+async def test_the_sdks_own_timeout_is_reported_as_a_timeout(provider, fake, runbooks):
+    # The overall budget is generous: the SDK's per-request timeout is what fires.
+    fake.script = [Reply(text=verdict(), delay_s=3)]
+    client = build_client(settings_for(provider, fake, llm_timeout_s=0.5, llm_max_retries=0))
+    with pytest.raises(LLMError) as caught:
+        await ask(client, PROMPT, runbooks.get("crash-nonzero-exit"), budget_s=10)
+    assert caught.value.reason == "timeout"
+    assert "within" not in str(caught.value), "the SDK's error, not the budget's"
+    await client.aclose()
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_an_unreachable_server_is_reported_as_unreachable(provider, fake, runbooks):
+    fake.stop()  # nothing listens on its port any more
+    client = build_client(settings_for(provider, fake, llm_max_retries=0))
+    with pytest.raises(LLMError) as caught:
+        await ask(client, PROMPT, runbooks.get("crash-nonzero-exit"), budget_s=10)
+    assert caught.value.reason == "unreachable"
+    await client.aclose()
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
 async def test_slow_answer_times_out(provider, fake, runbooks):
     fake.script = [Reply(text=verdict(), delay_s=3)]
     client = build_client(settings_for(provider, fake, llm_max_retries=0))

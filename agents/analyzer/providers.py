@@ -3,6 +3,10 @@ mapping every SDK failure to an `LLMError` with a short reason. Imported only wh
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from types import ModuleType
+
 import anthropic
 import openai
 
@@ -26,23 +30,13 @@ class AnthropicClient:
         )
 
     async def complete(self, prompt: Prompt) -> str:
-        try:
+        with _sdk_errors(anthropic, anthropic.AnthropicError):
             message = await self.client.messages.create(
                 model=self.model,
                 max_tokens=self.max_tokens,
                 system=prompt.system,
                 messages=[{"role": "user", "content": prompt.user}],
             )
-        except anthropic.APITimeoutError as exc:
-            raise LLMError("timeout", str(exc)) from exc
-        except anthropic.RateLimitError as exc:
-            raise LLMError("rate_limited", f"429 after retries: {exc.message}") from exc
-        except anthropic.APIStatusError as exc:
-            raise LLMError(_status_reason(exc.status_code), exc.message) from exc
-        except anthropic.APIConnectionError as exc:
-            raise LLMError("unreachable", str(exc)) from exc
-        except anthropic.AnthropicError as exc:
-            raise LLMError("client_error", str(exc)) from exc
         texts = [b.text for b in message.content if isinstance(b, anthropic.types.TextBlock)]
         return "".join(texts)
 
@@ -71,7 +65,7 @@ class OpenAIClient:
         )
 
     async def complete(self, prompt: Prompt) -> str:
-        try:
+        with _sdk_errors(openai, openai.OpenAIError):
             completion = await self.client.chat.completions.create(
                 model=self.model,
                 response_format={"type": "json_object"},
@@ -81,22 +75,30 @@ class OpenAIClient:
                     {"role": "user", "content": prompt.user},
                 ],
             )
-        except openai.APITimeoutError as exc:
-            raise LLMError("timeout", str(exc)) from exc
-        except openai.RateLimitError as exc:
-            raise LLMError("rate_limited", f"429 after retries: {exc.message}") from exc
-        except openai.APIStatusError as exc:
-            raise LLMError(_status_reason(exc.status_code), exc.message) from exc
-        except openai.APIConnectionError as exc:
-            raise LLMError("unreachable", str(exc)) from exc
-        except openai.OpenAIError as exc:
-            raise LLMError("client_error", str(exc)) from exc
         if not completion.choices:
             raise LLMError("empty_response", "no choices")
         return completion.choices[0].message.content or ""
 
     async def aclose(self) -> None:
         await self.client.close()
+
+
+@contextlib.contextmanager
+def _sdk_errors(sdk: ModuleType, base: type[Exception]) -> Iterator[None]:
+    """Both SDKs come from one generator and share the error classes' names; map them alike.
+    (The SDKs have already retried 429/5xx `max_retries` times when these arrive.)"""
+    try:
+        yield
+    except sdk.APITimeoutError as exc:  # a subclass of APIConnectionError: checked first
+        raise LLMError("timeout", str(exc)) from exc
+    except sdk.RateLimitError as exc:
+        raise LLMError("rate_limited", f"429 after retries: {exc.message}") from exc
+    except sdk.APIStatusError as exc:
+        raise LLMError(_status_reason(exc.status_code), exc.message) from exc
+    except sdk.APIConnectionError as exc:
+        raise LLMError("unreachable", str(exc)) from exc
+    except base as exc:
+        raise LLMError("client_error", str(exc)) from exc
 
 
 def _status_reason(status: int) -> str:
