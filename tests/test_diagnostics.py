@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
@@ -14,6 +12,7 @@ from agents.analyzer.diagnostics import DiagnosticsCollector, pick, redact_inspe
 from shared.redaction import MASK, Redactor
 from shared.runbooks import Runbook
 from tests.support import factories
+from tests.support.local_http import LocalHTTPServer, QuietHandler
 
 
 def test_pick_follows_dotted_paths():
@@ -41,10 +40,7 @@ def test_inspect_env_is_masked_wherever_it_appears():
 def prometheus():
     queries: list[str] = []
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
+    class Handler(QuietHandler):
         def do_GET(self):
             query = parse_qs(urlsplit(self.path).query).get("query", [""])[0]
             queries.append(query)
@@ -62,20 +58,12 @@ def prometheus():
                     },
                 }
             ).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.reply(200, body, "application/json")
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-    )
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", queries
-    server.shutdown()
-    server.server_close()
+    server = LocalHTTPServer(Handler)
+    server.start()
+    yield server.base_url, queries
+    server.stop()
 
 
 async def test_promql_diagnostics_substitute_the_container_and_are_redacted(prometheus):

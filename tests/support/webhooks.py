@@ -7,8 +7,9 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.support.local_http import LocalHTTPServer, QuietHandler
 
 
 @dataclass
@@ -36,23 +37,17 @@ class Receiver:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        self._http = LocalHTTPServer(self._handler())
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}{path}"
+        return self._http.base_url + path
 
     def start(self) -> Receiver:
-        self._thread.start()
+        self._http.start()
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._http.stop()
 
     def script(self, path: str, *replies: Scripted) -> None:
         with self._lock:
@@ -66,15 +61,10 @@ class Receiver:
         with self._lock:
             return "\n".join(h.raw + json.dumps(h.headers) for h in self.hits)
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
+    def _handler(self) -> type[QuietHandler]:
         receiver = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length).decode("utf-8", errors="replace")
@@ -93,15 +83,9 @@ class Receiver:
                     )
                 if reply.delay_s:
                     time.sleep(reply.delay_s)
-                data = reply.body.encode()
-                try:
-                    self.send_response(reply.status)
-                    if reply.retry_after is not None:
-                        self.send_header("Retry-After", reply.retry_after)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
+                headers = (
+                    {"Retry-After": reply.retry_after} if reply.retry_after is not None else None
+                )
+                self.reply(reply.status, reply.body.encode(), headers=headers)
 
         return Handler
