@@ -9,6 +9,7 @@ import pytest
 from redis.asyncio import Redis
 
 from shared.settings import Settings
+from tests.support.docker_events import docker_events
 from tests.support.services import (
     TEST_LABEL,
     RedisServer,
@@ -70,6 +71,7 @@ def settings(redis_url: str) -> Settings:
 @pytest.fixture(scope="session")
 def docker() -> Any:
     client = docker_client()
+    docker_events()  # follow Docker's live event stream from the first test that uses Docker
     yield client
     remove_test_containers(client)
     client.close()

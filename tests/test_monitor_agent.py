@@ -7,10 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import os
-import shutil
-import signal
-import subprocess
 import time
 
 import docker as docker_sdk
@@ -24,7 +20,7 @@ from shared.docker_api import DockerGateway
 from shared.events import AlertKind, AlertStatus
 from tests.conftest import make_settings
 from tests.support.bus import wait_until
-from tests.support.services import in_ci, unavailable
+from tests.support.engines import PrivateEngine
 from tests.support.streams import alerts_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis]
@@ -49,8 +45,12 @@ def monitor_settings(redis_url, **kw):
 
 
 @contextlib.asynccontextmanager
-async def running_monitor(redis, redis_url, **kw):
-    client = docker_sdk.from_env(timeout=30)
+async def running_monitor(redis, redis_url, docker_host=None, **kw):
+    client = (
+        docker_sdk.DockerClient(base_url=docker_host, timeout=30)
+        if docker_host
+        else docker_sdk.from_env(timeout=30)
+    )
     agent = MonitorAgent(
         settings=monitor_settings(redis_url, **kw),
         redis=redis,
@@ -191,79 +191,48 @@ async def _contains(coro, item):
     return item in await coro
 
 
-def _dockerd_pid() -> int | None:
-    out = subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True).stdout.split()
-    return int(out[0]) if out else None
-
-
-def _restart_dockerd() -> None:
-    pid = _dockerd_pid()
-    if (
-        pid is None
-        or os.geteuid() != 0
-        or os.environ.get("DOCKER_HOST")
-        or not shutil.which("dockerd")
-    ):
-        if in_ci():
-            pytest.fail("CI must be able to restart its local dockerd")
-        pytest.skip("needs a local dockerd we may restart (root, no DOCKER_HOST)")
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 60
-    while _dockerd_pid() is not None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    # Detached through a shell, as scripts/ensure-services.sh starts it.
-    subprocess.run(
-        ["sh", "-c", "nohup setsid dockerd >>/var/log/hemostat-dockerd.log 2>&1 </dev/null &"],
-        check=True,
-    )
-    while time.monotonic() < deadline:
-        try:
-            client = docker_sdk.from_env(timeout=10)
-        except docker_sdk.errors.DockerException:
-            time.sleep(0.3)  # socket not there yet
-            continue
-        with contextlib.closing(client):
-            if client.ping():
-                return
-    unavailable("dockerd did not come back after the restart")
-
-
 # While the daemon is down, docker-py's UnixHTTPConnection.connect() raises before it closes the
 # socket it opened (an SDK leak, closed later by the garbage collector): all these filters hide.
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-async def test_daemon_restart_is_resubscribed(redis, redis_url, docker, test_image, run_label):
-    async with running_monitor(redis, redis_url) as monitor:
-        seen: set[str] = set()
+async def test_daemon_restart_is_resubscribed(redis, redis_url, tmp_path):
+    """The Monitor's engine is one the test owns: it is stopped and started again under a
+    running Monitor, and the host's engine (every other test's) is never touched."""
+    engine = await asyncio.to_thread(PrivateEngine("mon").start)
+    try:
+        image = await asyncio.to_thread(engine.ensure_test_image)
+        async with running_monitor(redis, redis_url, docker_host=engine.host) as monitor:
+            seen: set[str] = set()
 
-        async def watch_status():
-            while True:
-                seen.add(monitor.status.value)
-                await asyncio.sleep(0.02)
+            async def watch_status():
+                while True:
+                    seen.add(monitor.status.value)
+                    await asyncio.sleep(0.02)
 
-        watcher = asyncio.create_task(watch_status())
-        await asyncio.to_thread(_restart_dockerd)
-        await wait_until(
-            lambda: monitor._connected.is_set() and not monitor._degraded,
-            timeout=30,
-            what="re-subscribed",
-        )
-        watcher.cancel()
-        assert "degraded" in seen, "the Monitor reported itself degraded while Docker was down"
-        assert monitor.status.value == "ok"
-        fresh = docker_sdk.from_env(timeout=30)
-        try:
-            crash = fresh.containers.run(
-                test_image, ["sh", "-c", "exit 7"], labels=run_label, detach=True
+            watcher = asyncio.create_task(watch_status())
+            await asyncio.to_thread(engine.kill)
+            await wait_until(lambda: "degraded" in seen, timeout=30, what="degraded")
+            await asyncio.to_thread(engine.start)
+            await wait_until(
+                lambda: monitor._connected.is_set() and not monitor._degraded,
+                timeout=30,
+                what="re-subscribed",
             )
+            watcher.cancel()
+            assert monitor.status.value == "ok"
+            fresh = engine.client()
+            try:
+                crash = fresh.containers.run(image, ["sh", "-c", "exit 7"], detach=True)
 
-            async def crashed():
-                return any(
-                    a.payload.kind is AlertKind.CRASH and a.payload.exit_code == 7
-                    for a in await alerts_for(redis, crash.id)
-                )
+                async def crashed():
+                    return any(
+                        a.payload.kind is AlertKind.CRASH and a.payload.exit_code == 7
+                        for a in await alerts_for(redis, crash.id)
+                    )
 
-            await wait_until(crashed, timeout=20, what="crash after daemon restart")
-        finally:
-            fresh.close()
+                await wait_until(crashed, timeout=20, what="crash after daemon restart")
+            finally:
+                fresh.close()
+    finally:
+        await asyncio.to_thread(engine.stop)
     gc.collect()  # finalise the SDK's leaked sockets while the filters above apply

@@ -17,3 +17,19 @@ async def alerts_for(redis: Any, container_id: str) -> list[Any]:
         for e in await events_on(redis, Channel.HEALTH_ALERT)
         if e.subject.container_id == container_id
     ]
+
+
+def _id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def acknowledged(redis: Any, channel: str, group: str, entry_id: str) -> bool:
+    """True once `group` has read `entry_id` and acknowledged it: its handler has finished,
+    whatever it decided (the observable fact a "nothing happened" check waits for)."""
+    groups = await redis.xinfo_groups(channel)
+    info = next((g for g in groups if g["name"] == group), None)
+    if info is None or _id(str(info["last-delivered-id"])) < _id(entry_id):
+        return False
+    pending = await redis.xpending_range(channel, group, min=entry_id, max=entry_id, count=1)
+    return not pending
