@@ -13,6 +13,7 @@ BENCHES = {
     "alert": "bench.alert_burst",
     "metrics": "bench.metrics_exporter",
     "e2e": "bench.e2e_healing",
+    "burst": "bench.burst_healing",
 }
 
 

@@ -96,5 +96,11 @@ def rss_kb(pid: int) -> tuple[int, int]:
 
 def agent_env(redis_url: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEMOSTAT_")}
-    env |= {"REDIS_URL": redis_url, "HEMOSTAT_LOG_LEVEL": "WARNING", "HEMOSTAT_LOG_FORMAT": "json"}
+    env |= {
+        "REDIS_URL": redis_url,
+        "HEMOSTAT_LOG_LEVEL": "WARNING",
+        "HEMOSTAT_LOG_FORMAT": "json",
+        # Benchmark containers only: a test run on the same engine is never touched.
+        "HEMOSTAT_WATCH_LABEL": BENCH_LABEL,
+    }
     return env | extra

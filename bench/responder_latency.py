@@ -1,7 +1,9 @@
 """Responder latency (issue: Responder): from `remediation_needed` published (its stream entry
 id, Redis's clock) to the restart issued on the Docker API (the daemon's `kill` event that starts
 a restart, its own timestamp) — so the container's stop time is excluded. Dry-run off, no
-approval, the Responder as its own process. Target p95 <= 150 ms."""
+approval, the Responder as its own process. Targets: one request at a time p95 <= 50 ms; a
+burst of 40 requests published at once p95 <= 1 s (verifications are scheduled follow-ups, so
+they never hold a handler slot while others wait)."""
 
 from __future__ import annotations
 
@@ -109,8 +111,7 @@ def run() -> bool:
                 kill = _first_kill(client, container.id, since)
                 latencies.append(kill - published)
                 _await_outcome(r, request.id)  # one trial at a time: no queueing behind another
-            # A burst: every request at once. Handlers queue behind HEMOSTAT_BUS_CONCURRENCY
-            # slots, each held for a restart plus its verification — reported, not a target.
+            # A burst: every request at once.
             burst = made[TRIALS:]
             since = time.time() - 1
             entries = loop.run_until_complete(
@@ -128,12 +129,13 @@ def run() -> bool:
             r.close()
     client.close()
     print(f"   one request at a time: {summary_ms(latencies)}")
-    print(
-        f"   burst of {TRIALS} at once (concurrency 16, queueing included): "
-        f"{summary_ms(burst_latencies)}"
-    )
-    return verdict(
-        "publish -> restart issued p95", percentile(latencies, 0.95) * 1000, 150, False, "ms"
+    print(f"   burst of {TRIALS} at once: {summary_ms(burst_latencies)}")
+    one = percentile(latencies, 0.95) * 1000
+    ok = verdict("one at a time: publish -> restart issued p95", one, 50, False, "ms")
+    burst_p95 = percentile(burst_latencies, 0.95) * 1000
+    return (
+        verdict(f"burst of {TRIALS}: publish -> restart issued p95", burst_p95, 1000, False, "ms")
+        and ok
     )
 
 

@@ -1,12 +1,18 @@
-"""Approval proposals: PENDING → APPROVED | DENIED | EXPIRED → EXECUTING → SUCCEEDED | FAILED.
+"""Approval proposals:
+
+    PENDING → APPROVED | DENIED | EXPIRED;  APPROVED → EXECUTING | FAILED (not run in time);
+    EXECUTING → SUCCEEDED | FAILED | DRY_RUN
 
 Every transition is one compare-and-set (a Lua script), so the first decision wins and a decision
-on an expired or already-decided proposal is refused with the reason. The CLI and the dashboard
-decide through `decide()`: the same CAS, then an `approval_decision` event for the Responder.
+on an expired or already-decided proposal is refused with the reason. Every time in a proposal is
+Redis's own clock (`TIME` inside the script), never the deciding client's: a CLI on a laptop whose
+clock is an hour slow cannot approve what already expired. The CLI and the dashboard decide
+through `decide()`: the same CAS, then an `approval_decision` event for the Responder.
 
-- `hemostat:proposal:<id>`      hash: state, times, the request, who decided and why
-- `hemostat:proposals`          index: id -> created_at
-- `hemostat:proposals:pending`  id -> expires_at (what the Responder's expiry loop watches)
+- `hemostat:proposal:<id>`       hash: state, times, the request, who decided and why
+- `hemostat:proposals`           index: id -> created_at
+- `hemostat:proposals:pending`   id -> expires_at (what the Responder's expiry loop watches)
+- `hemostat:proposal:req:<key>`  the proposal made for a request, so a retry never makes two
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from shared import __version__
+from shared import __version__, keys
 from shared.bus import Bus
 from shared.clock import to_datetime
 from shared.errors import ApprovalError
@@ -34,9 +40,9 @@ from shared.events import (
 )
 from shared.model import Model
 
-PROPOSAL_PREFIX = "hemostat:proposal:"
-INDEX = "hemostat:proposals"
-PENDING = "hemostat:proposals:pending"
+PROPOSAL_PREFIX = keys.PROPOSAL
+INDEX = keys.PROPOSALS
+PENDING = keys.PROPOSALS_PENDING
 DECIDED_TTL_S = 30 * 86_400
 
 
@@ -48,6 +54,7 @@ class ProposalState(StrEnum):
     EXECUTING = "executing"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    DRY_RUN = "dry_run"  # approved and run while dry-run was on: nothing was changed
 
 
 TERMINAL = {
@@ -55,37 +62,71 @@ TERMINAL = {
     ProposalState.EXPIRED,
     ProposalState.SUCCEEDED,
     ProposalState.FAILED,
+    ProposalState.DRY_RUN,
 }
 
-_TRANSITION = """
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+"""
+
+_TRANSITION = (
+    _NOW
+    + """
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {'missing', ''} end
-local now = tonumber(ARGV[1])
-local to = ARGV[2]
+local to = ARGV[1]
 local deadline = tonumber(redis.call('HGET', KEYS[1], 'expires_at'))
 if state == 'pending' and to ~= 'expired' and deadline <= now then
   return {'refused', 'expired'}
 end
+if state == 'pending' and to == 'expired' and deadline > now then
+  return {'refused', 'not_due'}
+end
 local allowed = false
-for i = 5, #ARGV do
+for i = 4, #ARGV do
   if state == ARGV[i] then allowed = true end
 end
 if not allowed then return {'refused', state} end
-redis.call('HSET', KEYS[1], 'state', to, 'updated_at', ARGV[1])
+local stamp = string.format('%.6f', now)
+redis.call('HSET', KEYS[1], 'state', to, 'updated_at', stamp)
 if to == 'approved' or to == 'denied' or to == 'expired' then
-  redis.call('HSET', KEYS[1], 'decided_by', ARGV[3], 'decided_at', ARGV[1],
-             'decision_reason', ARGV[4])
+  redis.call('HSET', KEYS[1], 'decided_by', ARGV[2], 'decided_at', stamp,
+             'decision_reason', ARGV[3])
 end
-if to == 'succeeded' or to == 'failed' then
-  redis.call('HSET', KEYS[1], 'outcome', ARGV[4])
+if to == 'executing' then
+  redis.call('HSET', KEYS[1], 'executing_at', stamp, 'executing_by', ARGV[2])
+end
+if to == 'succeeded' or to == 'failed' or to == 'dry_run' then
+  redis.call('HSET', KEYS[1], 'outcome', ARGV[3])
 end
 if to ~= 'pending' then redis.call('ZREM', KEYS[2], KEYS[3]) end
-if to == 'denied' or to == 'expired' or to == 'succeeded' or to == 'failed' then
+if to ~= 'approved' and to ~= 'executing' then
   local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl_s') or '0')
   if ttl and ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
 end
 return {'ok', state}
 """
+)
+
+# One proposal per request, however often its creation is retried.
+_CREATE = (
+    _NOW
+    + """
+local existing = redis.call('GET', KEYS[4])
+if existing then return {existing, 0} end
+local id = ARGV[1]
+local stamp = string.format('%.6f', now)
+local expires = string.format('%.6f', now + tonumber(ARGV[2]))
+redis.call('HSET', KEYS[1], 'id', id, 'state', 'pending', 'created_at', stamp,
+           'expires_at', expires, 'updated_at', stamp, 'ttl_s', ARGV[3])
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('ZADD', KEYS[2], now, id)
+redis.call('ZADD', KEYS[3], now + tonumber(ARGV[2]), id)
+redis.call('SET', KEYS[4], id, 'EX', ARGV[3])
+return {id, 1}
+"""
+)
 
 
 class Proposal(Model):
@@ -104,6 +145,8 @@ class Proposal(Model):
     decided_by: str = ""
     decided_at: float | None = None
     decision_reason: str = ""
+    executing_at: float | None = None
+    executing_by: str = ""
     outcome: str = ""
 
     def request_event(self) -> RemediationNeededEvent:
@@ -123,6 +166,8 @@ class Proposal(Model):
 def _refusal(proposal_id: str, state: str, proposal: Proposal | None) -> str:
     if state == "missing":
         return f"no proposal {proposal_id}"
+    if state == "not_due":
+        return f"proposal {proposal_id} has not reached its deadline"
     if state == "expired":
         return f"proposal {proposal_id} expired (silence means no action)"
     by = f" by {proposal.decided_by}" if proposal and proposal.decided_by else ""
@@ -133,31 +178,39 @@ class ApprovalStore:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._transition = redis.register_script(_TRANSITION)
+        self._create = redis.register_script(_CREATE)
+
+    async def server_time(self) -> float:
+        seconds, micros = await self.redis.time()
+        return float(seconds) + float(micros) / 1e6
 
     async def create(
-        self, request: RemediationNeededEvent, timeout_s: float, now: float, why: str
+        self, request: RemediationNeededEvent, timeout_s: float, why: str, *, key: str | None = None
     ) -> Proposal:
-        proposal = Proposal(
-            id=f"p-{secrets.token_hex(5)}",
-            state=ProposalState.PENDING,
-            created_at=now,
-            expires_at=now + timeout_s,
-            updated_at=now,
-            request=request.model_dump_json(),
-            container_id=request.subject.container_id or "",
-            container_name=request.subject.container_name or "",
-            runbook_id=request.payload.runbook_id,
-            action_id=request.payload.action.id,
-            action_type=request.payload.action.type,
-            why=why[:500],
+        """The proposal for `request` (keyed by `key`, default its idempotency key): made once,
+        returned as it is on every later call. It expires `timeout_s` after creation."""
+        fields = {
+            "request": request.model_dump_json(),
+            "container_id": request.subject.container_id or "",
+            "container_name": request.subject.container_name or "",
+            "runbook_id": request.payload.runbook_id,
+            "action_id": request.payload.action.id,
+            "action_type": request.payload.action.type,
+            "why": why[:500],
+        }
+        request_key = key or request.idempotency_key
+        new_id = f"p-{secrets.token_hex(5)}"
+        proposal_id, _ = await self._create(
+            keys=[
+                PROPOSAL_PREFIX + new_id,
+                INDEX,
+                PENDING,
+                keys.PROPOSAL_BY_REQUEST + request_key,
+            ],
+            args=[new_id, f"{timeout_s:.3f}", DECIDED_TTL_S, *_flatten(fields)],
         )
-        fields = {k: str(v) for k, v in proposal.model_dump(mode="json").items() if v is not None}
-        fields["ttl_s"] = str(DECIDED_TTL_S)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(PROPOSAL_PREFIX + proposal.id, mapping=fields)  # type: ignore[arg-type]
-        pipe.zadd(INDEX, {proposal.id: now})
-        pipe.zadd(PENDING, {proposal.id: proposal.expires_at})
-        await pipe.execute()
+        proposal = await self.get(str(proposal_id))
+        assert proposal is not None
         return proposal
 
     async def get(self, proposal_id: str) -> Proposal | None:
@@ -173,46 +226,33 @@ class ApprovalStore:
         to: ProposalState,
         allowed_from: set[ProposalState],
         *,
-        now: float | None = None,
         actor: str = "",
         reason: str = "",
     ) -> ProposalState:
-        """Atomically move to `to` if the state is one of `allowed_from`; returns the previous
-        state, or raises ApprovalError saying why not."""
+        """Atomically move to `to` if the state is one of `allowed_from` (on Redis's clock);
+        returns the previous state, or raises ApprovalError saying why not."""
         result: list[Any] = await self._transition(
             keys=[PROPOSAL_PREFIX + proposal_id, PENDING, proposal_id],
-            args=[
-                f"{now or time.time():.3f}",
-                to.value,
-                actor,
-                reason[:500],
-                *sorted(s.value for s in allowed_from),
-            ],
+            args=[to.value, actor, reason[:500], *sorted(s.value for s in allowed_from)],
         )
         status, state = str(result[0]), str(result[1])
         if status != "ok":
             raise ApprovalError(_refusal(proposal_id, state, await self.get(proposal_id)))
         return ProposalState(state)
 
-    async def approve(self, proposal_id: str, actor: str, now: float | None = None) -> None:
+    async def approve(self, proposal_id: str, actor: str) -> None:
         await self.transition(
-            proposal_id, ProposalState.APPROVED, {ProposalState.PENDING}, now=now, actor=actor
+            proposal_id, ProposalState.APPROVED, {ProposalState.PENDING}, actor=actor
         )
 
-    async def deny(
-        self, proposal_id: str, actor: str, reason: str, now: float | None = None
-    ) -> None:
+    async def deny(self, proposal_id: str, actor: str, reason: str) -> None:
         await self.transition(
-            proposal_id,
-            ProposalState.DENIED,
-            {ProposalState.PENDING},
-            now=now,
-            actor=actor,
-            reason=reason,
+            proposal_id, ProposalState.DENIED, {ProposalState.PENDING}, actor=actor, reason=reason
         )
 
-    async def due_for_expiry(self, now: float) -> list[str]:
-        ids: list[Any] = await self.redis.zrangebyscore(PENDING, "-inf", now)
+    async def due_for_expiry(self) -> list[str]:
+        """Pending proposals past their deadline on Redis's clock."""
+        ids: list[Any] = await self.redis.zrangebyscore(PENDING, "-inf", await self.server_time())
         return [str(i) for i in ids]
 
     async def in_state(self, state: ProposalState, limit: int = 200) -> list[Proposal]:
@@ -232,6 +272,10 @@ class ApprovalStore:
         return [p for p in proposals if p is not None]
 
 
+def _flatten(fields: dict[str, str]) -> list[str]:
+    return [part for item in fields.items() for part in item]
+
+
 async def decide(
     redis: Redis,
     proposal_id: str,
@@ -249,7 +293,7 @@ async def decide(
     proposal = await store.get(proposal_id)
     assert proposal is not None
     request = proposal.request_event()
-    now = time.time()
+    now = proposal.decided_at or time.time()
     event = make_event(
         ApprovalDecisionEvent,
         source=Source(agent=via, instance=actor, version=__version__),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -36,6 +37,29 @@ from shared.settings import Settings
 from shared.tasks import KeyedLocks, join_tasks
 
 log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Which stream entry a handler is handling (a redelivery of the same entry is the same
+    Delivery; a twin entry carrying the same idempotency key is not)."""
+
+    channel: str
+    message_id: str
+    group: str
+    consumer: str
+    attempt: int
+
+
+_DELIVERY: contextvars.ContextVar[Delivery | None] = contextvars.ContextVar(
+    "hemostat_delivery", default=None
+)
+
+
+def current_delivery() -> Delivery | None:
+    """The delivery the running handler was called for (None outside a consumer)."""
+    return _DELIVERY.get()
+
 
 T = TypeVar("T")
 Handler = Callable[[Event], Awaitable[None]]
@@ -415,6 +439,7 @@ class Consumer:
         while True:
             try:
                 key = self.partition_key(event) if self.partition_key else None
+                _DELIVERY.set(Delivery(channel, message_id, self.group, self.name, attempt))
                 async with self._locks.hold(key):
                     await self.handler(event)
             except asyncio.CancelledError:

@@ -4,6 +4,7 @@ every agent applies (monitoring opt-out, remediation opt-in, protection, the sta
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -20,6 +21,16 @@ COMPOSE_SERVICE = "com.docker.compose.service"
 SWARM_SERVICE = "com.docker.swarm.service.name"
 
 _ZERO_TIME = "0001-01-01T00:00:00Z"
+
+
+def matches_label(labels: Mapping[str, str], selector: str | None) -> bool:
+    """`KEY` (present) or `KEY=VALUE` (equal); no selector matches everything."""
+    if not selector:
+        return True
+    key, sep, value = selector.partition("=")
+    if not sep:
+        return key in labels
+    return labels.get(key) == value
 
 
 @dataclass(frozen=True)

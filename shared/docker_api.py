@@ -83,10 +83,11 @@ class DockerGateway:
         result: dict[str, Any] = await self.call("info", self.api.info)
         return result
 
-    async def list_raw(self, all: bool = True) -> list[dict[str, Any]]:
-        """The list endpoint (one call, no per-container inspect)."""
+    async def list_raw(self, all: bool = True, label: str | None = None) -> list[dict[str, Any]]:
+        """The list endpoint (one call, no per-container inspect); `label` narrows it."""
+        filters = {"label": [label]} if label else None
         result: list[dict[str, Any]] = await self.call(
-            "list containers", self.api.containers, all=all
+            "list containers", self.api.containers, all=all, filters=filters
         )
         return result
 
@@ -221,23 +222,26 @@ class DockerGateway:
 
         await self.call(f"scale service {service}", scale)
 
-    def events(self, since: float | None = None) -> EventStream:
-        return EventStream(self.api, since)
+    def events(self, since: float | None = None, label: str | None = None) -> EventStream:
+        return EventStream(self.api, since, label)
 
 
 class EventStream:
     """The daemon's container event stream, iterated in a thread; `close()` from anywhere."""
 
-    def __init__(self, api: Any, since: float | None) -> None:
+    def __init__(self, api: Any, since: float | None, label: str | None = None) -> None:
         self._api = api
         self._since = since
+        self._filters: dict[str, Any] = {"type": "container"} | (
+            {"label": [label]} if label else {}
+        )
         self._stream: Any = None
         self._lock = threading.Lock()
         self._closed = False
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         try:
-            stream = self._api.events(since=self._since, filters={"type": "container"}, decode=True)
+            stream = self._api.events(since=self._since, filters=self._filters, decode=True)
         except (DockerException, requests.exceptions.RequestException, OSError) as exc:
             raise _translate(exc, "events") from exc
         with self._lock:

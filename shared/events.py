@@ -157,6 +157,11 @@ class Analysis(Model):
 class RemediationNeeded(Model):
     alert_kind: AlertKind
     alert_occurred_at: AwareDatetime
+    alert_detected_at: AwareDatetime | None = Field(
+        default=None,
+        description="when the Monitor detected the failure (the alert's emitted_at); the "
+        "Responder measures a request's age from it, never from when the decision was made",
+    )
     runbook_id: str
     runbook_version: int
     action: Action

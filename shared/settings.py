@@ -58,6 +58,12 @@ class CoreSettings(_Section):
         description="Instance (consumer) name of this agent process (default: <host>-<pid>). "
         "Keep it stable across restarts to resume this instance's pending messages at once.",
     )
+    watch_label: str | None = Field(
+        default=None,
+        description="Only containers carrying this label (KEY or KEY=VALUE) exist for this "
+        "HemoStat: the Monitor watches nothing else and the Responder touches nothing else. "
+        "For several HemoStats on one engine (one per compose project, a canary beside prod).",
+    )
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
     log_format: LogFormat = Field(
         default=LogFormat.AUTO,
@@ -281,10 +287,33 @@ class ResponderSettings(_Section):
         default=120.0, gt=0, description="A death this soon after our restart counts as a loop."
     )
     responder_lease_ttl_s: float = Field(
-        default=30.0, gt=1, description="Per-container lease TTL (renewed while acting)."
+        default=30.0,
+        gt=1,
+        description="Per-container lease TTL while deciding (renewed); once an action is issued "
+        "the lease lasts until its verification deadline.",
     )
     responder_max_request_age_s: float = Field(
-        default=600.0, gt=0, description="Older remediation requests are refused as stale."
+        default=600.0,
+        gt=0,
+        description="Failures detected longer ago than this are reported as stale, not acted on.",
+    )
+    responder_verify_poll_s: float = Field(
+        default=0.25, gt=0, description="How often scheduled verifications look at containers."
+    )
+    responder_sweep_interval_s: float = Field(
+        default=5.0, gt=0, description="How often approved and executing proposals are checked."
+    )
+    responder_approval_execution_deadline_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="An approved proposal not executed within this time (all Responders down, "
+        "Docker unreachable) is finished as failed and people are told.",
+    )
+    responder_action_concurrency: int = Field(
+        default=64,
+        ge=1,
+        description="Docker calls the Responder issues at once (restarts wait for the stop "
+        "timeout; they never hold an event handler).",
     )
     responder_verify_stable_s: float = Field(
         default=3.0, ge=0, description="Without a health check, running this long = verified."

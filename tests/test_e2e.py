@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,11 +21,15 @@ import redis as sync_redis
 
 from shared.events import Channel, parse_event
 from shared.redis_server import free_port
+from tests.support.docker_events import count_events
 from tests.support.webhooks import Receiver
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis]
 AGENTS = ("monitor", "analyzer", "responder", "alert", "metrics")
 OPT_IN = {"hemostat.remediate": "true"}
+# This stack's containers only: another HemoStat on the same engine (a parallel session, a
+# benchmark) never sees them, and this stack never touches anyone else's.
+SCOPE = {"hemostat.e2e": uuid.uuid4().hex[:12]}
 # Crashes once, then (after a restart, /tmp survives) stays up.
 CRASH_ONCE = "if [ -f /tmp/ran ]; then sleep 3600; else touch /tmp/ran; sleep 1; exit 3; fi"
 CRASH_ALWAYS = "sleep 1; exit 1"
@@ -105,6 +110,7 @@ class Stack:
             "SLACK_WEBHOOK_URL": receiver.url("/slack"),
             "DISCORD_WEBHOOK_URL": receiver.url("/discord"),
             "HEMOSTAT_LLM_PROVIDER": "none",
+            "HEMOSTAT_WATCH_LABEL": "hemostat.e2e={}".format(SCOPE["hemostat.e2e"]),
         }
 
     def start(self, name: str, **extra: str) -> None:
@@ -183,17 +189,13 @@ def outcomes(r: sync_redis.Redis, container_id: str) -> list[Any]:
 
 
 def restarts(docker: Any, container_id: str, since: float) -> int:
-    found = docker.api.events(
-        since=int(since),
-        until=int(time.time()) + 1,
-        decode=True,
-        filters={"type": "container", "container": container_id, "event": "restart"},
-    )
-    return sum(1 for _ in found)
+    return count_events(docker, container_id, "restart", since)
 
 
 def run(docker: Any, image: str, script: str, labels: dict[str, str], **kw: Any) -> Any:
-    return docker.containers.run(image, ["sh", "-c", script], labels=labels, detach=True, **kw)
+    return docker.containers.run(
+        image, ["sh", "-c", script], labels=labels | SCOPE, detach=True, **kw
+    )
 
 
 def test_1_a_crash_is_restarted_once_notified_and_counted(stack, r, docker, test_image, run_label):

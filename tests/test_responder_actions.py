@@ -153,7 +153,11 @@ async def test_cleanup_removes_exited_members_of_the_service_but_keeps_volumes(
     target = sleeper(docker, test_image, run_label | OPT_IN | service)
     exited = [
         docker.containers.run(
-            test_image, ["true"], labels=run_label | service, detach=True, volumes=["/data"]
+            test_image,
+            ["true"],
+            labels=run_label | OPT_IN | service,
+            detach=True,
+            volumes=["/data"],
         )
         for _ in range(2)
     ]

@@ -9,12 +9,14 @@ import time
 import pytest
 
 from agents.cli import main as cli_main
-from agents.responder.guards import COOLDOWN_PREFIX, LEASE_PREFIX, RESTARTS_PREFIX
+from shared import keys
 from shared.approvals import ApprovalStore, ProposalState, decide
 from shared.bus import Bus
 from shared.container_state import record_death
 from shared.errors import ApprovalError
 from shared.events import Channel, Decision, RemediationStatus
+from tests.support.bus import wait_until
+from tests.support.clock import OffsetClock
 from tests.support.responder import (
     OPT_IN,
     completions,
@@ -23,7 +25,7 @@ from tests.support.responder import (
     restart_events,
     running_responder,
 )
-from tests.support.streams import events_on
+from tests.support.streams import acknowledged, events_on
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis]
 
@@ -49,8 +51,11 @@ async def test_idempotency_acts_once_on_a_redelivered_request(
         await Bus(redis).publish(req)
         await outcome(redis, req.id)
         twin = request(rbs, c, "restart", key="same-request")  # redelivered / duplicated
-        await Bus(redis).publish(twin)
-        await asyncio.sleep(1.0)
+        entry = await Bus(redis).publish(twin)
+        await wait_until(
+            lambda: acknowledged(redis, Channel.REMEDIATION_NEEDED, "responder", entry),
+            what="the Responder finished with the duplicate",
+        )
     assert restart_events(docker, c.id, since) == 1
     assert len(await completions(redis)) == 1
 
@@ -111,18 +116,18 @@ async def test_lease_held_by_another_replica_holds_then_lets_through(
 ):
     folder, rbs = runbooks
     c = sleeper(**OPT_IN)
-    await redis.set(LEASE_PREFIX + c.id, "responder:other:abcd", px=60_000)
+    await redis.set(keys.LEASE + c.id, "responder:other:abcd", px=60_000)
     async with running_responder(redis, redis_url, folder):
         blocked = request(rbs, c, "restart")
         await Bus(redis).publish(blocked)
         done = await outcome(redis, blocked.id)
         assert (done.payload.status, done.payload.guard) == (RemediationStatus.REJECTED, "lease")
         assert "responder:other" in done.payload.reason
-        await redis.delete(LEASE_PREFIX + c.id)
+        await redis.delete(keys.LEASE + c.id)
         free = request(rbs, c, "restart")
         await Bus(redis).publish(free)
         assert (await outcome(redis, free.id)).payload.status is RemediationStatus.SUCCEEDED
-    assert not await redis.exists(LEASE_PREFIX + c.id), "the lease was released"
+    assert not await redis.exists(keys.LEASE + c.id), "the lease was released"
 
 
 async def test_cooldown_holds_then_lets_through_and_backs_off_after_failures(
@@ -130,7 +135,8 @@ async def test_cooldown_holds_then_lets_through_and_backs_off_after_failures(
 ):
     folder, rbs = runbooks
     c = sleeper(**OPT_IN)
-    async with running_responder(redis, redis_url, folder):
+    clock = OffsetClock()
+    async with running_responder(redis, redis_url, folder, clock=clock):
         first = request(rbs, c, "restart")
         await Bus(redis).publish(first)
         assert (await outcome(redis, first.id)).payload.status is RemediationStatus.SUCCEEDED
@@ -138,17 +144,26 @@ async def test_cooldown_holds_then_lets_through_and_backs_off_after_failures(
         await Bus(redis).publish(again)
         done = await outcome(redis, again.id)
         assert (done.payload.status, done.payload.guard) == (RemediationStatus.REJECTED, "cooldown")
-        await asyncio.sleep(2.2)  # the runbook's cooldown is 2 s
-        later = request(rbs, c, "restart")
+        clock.advance(2.5)  # the runbook's cooldown is 2 s
+        later = request(rbs, c, "restart", emitted_at=clock.time())
         await Bus(redis).publish(later)
         assert (await outcome(redis, later.id)).payload.status is RemediationStatus.SUCCEEDED
 
         broken = sleeper(**OPT_IN)
-        fail = request(rbs, broken, "exec-fail")
+        fail = request(rbs, broken, "exec-fail", emitted_at=clock.time())
         await Bus(redis).publish(fail)
         assert (await outcome(redis, fail.id)).payload.status is RemediationStatus.FAILED
-        ttl = await redis.pttl(f"{COOLDOWN_PREFIX}{broken.id}:exec")
-        assert 3000 < ttl <= 4000, "one failure doubles the 2 s cooldown"
+        state = await redis.hgetall(keys.GUARD + broken.id)
+        assert state["failures:exec"] == "1"
+        clock.advance(2.5)  # past the base cooldown, not past the doubled one
+        retry = request(rbs, broken, "exec-fail", emitted_at=clock.time())
+        await Bus(redis).publish(retry)
+        held = await outcome(redis, retry.id)
+        assert (held.payload.status, held.payload.guard) == (RemediationStatus.REJECTED, "cooldown")
+        clock.advance(2.0)  # 4.5 s after the failure: the doubled 4 s cooldown is over
+        last = request(rbs, broken, "exec-fail", emitted_at=clock.time())
+        await Bus(redis).publish(last)
+        assert (await outcome(redis, last.id)).payload.status is RemediationStatus.FAILED
 
 
 async def test_circuit_breaker_opens_escalates_and_closes_after_the_window(
@@ -156,7 +171,8 @@ async def test_circuit_breaker_opens_escalates_and_closes_after_the_window(
 ):
     folder, rbs = runbooks
     c = sleeper(**OPT_IN)
-    async with running_responder(redis, redis_url, folder):
+    clock = OffsetClock()
+    async with running_responder(redis, redis_url, folder, clock=clock):
         statuses = []
         for _ in range(3):
             req = request(rbs, c, "restart-limited")  # cooldown 0, at most 2 per 6 s
@@ -171,8 +187,8 @@ async def test_circuit_breaker_opens_escalates_and_closes_after_the_window(
         [escalation] = await events_on(redis, Channel.ESCALATION)
         assert escalation.payload.guard == "circuit_breaker"
         assert escalation.subject.container_id == c.id
-        await asyncio.sleep(6.2)
-        after = request(rbs, c, "restart-limited")
+        clock.advance(6.5)  # both actions left the window
+        after = request(rbs, c, "restart-limited", emitted_at=clock.time())
         await Bus(redis).publish(after)
         assert (await outcome(redis, after.id)).payload.status is RemediationStatus.SUCCEEDED
 
@@ -185,7 +201,7 @@ async def test_crash_loop_guard_stops_restarting_and_escalates(
     now = time.time()
     for container, gap in ((looping, 5), (fine, 500)):
         for n, restarted in enumerate((now - 1200, now - 600)):
-            await redis.zadd(RESTARTS_PREFIX + container.id, {f"r{n}": restarted})
+            await redis.zadd(keys.RESTARTS + container.id, {f"r{n}": restarted})
             await record_death(redis, container.id, restarted + gap)  # died 5 s (or 500 s) later
     async with running_responder(redis, redis_url, folder):
         loop_req, fine_req = request(rbs, looping, "restart"), request(rbs, fine, "restart")
@@ -215,7 +231,7 @@ async def test_dry_run_changes_nothing_and_blocks_nothing(
     assert done.payload.status is RemediationStatus.DRY_RUN
     assert done.payload.dry_run is True
     assert restart_events(docker, c.id, since) == 0
-    assert not await redis.exists(f"{COOLDOWN_PREFIX}{c.id}:restart"), "no cooldown from a dry run"
+    assert not await redis.exists(keys.GUARD + c.id), "no cooldown from a dry run"
     async with running_responder(redis, redis_url, folder, dry_run=False):
         real = request(rbs, c, "restart")
         await Bus(redis).publish(real)
@@ -334,7 +350,7 @@ async def test_guards_are_checked_again_right_before_an_approved_action(
         await Bus(redis).publish(req)
         proposal_id = (await outcome(redis, req.id, status="pending_approval")).payload.proposal_id
         # Meanwhile something else restarted it: the cooldown must still hold after approval.
-        await redis.set(f"{COOLDOWN_PREFIX}{c.id}:restart", "1", px=60_000)
+        await redis.hset(keys.GUARD + c.id, "cooldown_until:restart", time.time() + 60)
         await decide(redis, proposal_id, Decision.APPROVED, "alice")
         done = await outcome(redis, req.id, status="rejected")
     assert done.payload.guard == "cooldown"

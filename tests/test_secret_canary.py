@@ -59,9 +59,11 @@ async def test_canary_from_env_and_logs_never_leaves(
         )
     )  # a leaky model
     fake.start()
+    [(key, value)] = run_label.items()
     settings = make_settings(
         redis_url,
         dry_run=False,
+        watch_label=f"{key}={value}",  # this test's containers only
         runbooks_dir=folder,
         monitor_poll_interval_s=0.5,
         webhook_port=0,

@@ -94,9 +94,11 @@ class AlertAgent(BaseAgent):
         self.counts[key] = self.counts.get(key, 0) + n
 
     async def handle(self, event: Event) -> None:
-        seen = SEEN_PREFIX + event.id
+        # Keyed by what the event means, not by its id: a producer that retried a publish sends
+        # a new event with the same idempotency key, and people must hear about it once.
+        seen = SEEN_PREFIX + event.idempotency_key
         if await self.redis.exists(seen):
-            return  # a redelivery of an event already notified
+            return  # a redelivery (or a retried publish) of an event already notified
         await self.store.remember(event)
         notification = render(event, self.settings.dashboard_url)
         targets = route(

@@ -271,6 +271,7 @@ class AnalyzerAgent(BaseAgent):
             payload=RemediationNeeded(
                 alert_kind=alert.payload.kind,
                 alert_occurred_at=alert.occurred_at,
+                alert_detected_at=alert.emitted_at,
                 runbook_id=runbook.id,
                 runbook_version=runbook.version,
                 action=action,

@@ -157,7 +157,7 @@ class MonitorAgent(BaseAgent):
             attempt = 0
             since = self._last_event_at
             # Subscribe first, then reconcile: nothing can fall between the two.
-            stream = self.docker.events(since=since)
+            stream = self.docker.events(since=since, label=self.settings.watch_label)
             self._stream = stream
             queue: asyncio.Queue[Any] = asyncio.Queue()
             pump = self._start_pump(stream, queue)
@@ -347,7 +347,7 @@ class MonitorAgent(BaseAgent):
 
     async def _inventory(self) -> list[ContainerInfo]:
         """Every container; inspected only when new or changed since the last look."""
-        raw = await self.docker.list_raw(all=True)
+        raw = await self.docker.list_raw(all=True, label=self.settings.watch_label)
         keys: dict[str, tuple[str, str]] = {}
         for entry in raw:
             health = _HEALTH_IN_STATUS.search(entry.get("Status") or "")

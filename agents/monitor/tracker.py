@@ -27,6 +27,7 @@ from shared.containers import (
     LABEL_MEMORY_THRESHOLD,
     LABEL_MONITOR,
     ContainerInfo,
+    matches_label,
 )
 from shared.events import AlertKind, AlertStatus, Detector, Severity
 from shared.settings import Settings
@@ -46,6 +47,7 @@ class MonitorPolicy:
     restart_loop_window_s: float = 300.0
     recovery_window_s: float = 60.0
     include_stack: bool = False
+    watch_label: str | None = None
 
     @classmethod
     def from_settings(cls, s: Settings) -> MonitorPolicy:
@@ -74,6 +76,7 @@ class MonitorPolicy:
             restart_loop_window_s=s.monitor_restart_loop_window_s,
             recovery_window_s=s.monitor_recovery_window_s,
             include_stack=s.monitor_include_stack,
+            watch_label=s.watch_label,
         )
 
 
@@ -121,7 +124,7 @@ def _within(earlier: float | None, at: float, window_s: float) -> bool:
 
 
 def watched(info: ContainerInfo, policy: MonitorPolicy, own_id: str | None = None) -> bool:
-    if info.label_false(LABEL_MONITOR):
+    if info.label_false(LABEL_MONITOR) or not matches_label(info.labels, policy.watch_label):
         return False
     if info.is_stack and not policy.include_stack:
         return False

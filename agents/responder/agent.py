@@ -1,39 +1,49 @@
 """The Responder agent: executes `hemostat:remediation_needed` requests under hard guardrails and
 publishes one `hemostat:remediation_complete` per request.
 
-Guards, in order (all state in Redis, so several replicas are correct):
-idempotency → (stale / action policy) → target policy → per-container lease → cooldown →
-circuit breaker → crash-loop guard → approval → dry-run. The first guard that refuses ends the
-request with status `rejected` and names itself. Actions that need a human become proposals and
-run only after an approval, with every guard checked again right before executing.
+Each request goes: claim (idempotency) → gather facts (runbook action, target, lease, guard
+state) → `core.evaluate()` → act, book and publish. An action is booked at the gate before Docker
+hears of it and verified later by a scheduled follow-up any replica can finish, so a verification
+never holds an event handler and a replica that stops mid-action leaves nothing half done.
+Actions that need a human become proposals and run only after an approval, every guard checked
+again right before executing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import TypeAdapter
 from redis.asyncio import Redis
 
 from agents.base import BaseAgent, periodic
-from agents.responder.executor import Executor
-from agents.responder.guards import (
-    GuardState,
-    Leases,
-    RequestRecord,
-    circuit_open,
-    quick_deaths_after_restarts,
+from agents.responder.core import (
+    Claim,
+    ClaimStatus,
+    Facts,
+    ResponderLimits,
+    TargetFacts,
+    Verdict,
+    VerdictKind,
+    admit,
+    after_outcome,
+    evaluate,
+    judge,
     target_policy,
 )
+from agents.responder.executor import Executor, Prepared
+from agents.responder.store import GateRefused, RequestStore, ResponderState
 from shared import audit
-from shared.actions import Action
+from shared.actions import Action, ActionType
 from shared.approvals import ApprovalStore, Proposal, ProposalState
+from shared.bus import current_delivery
 from shared.clock import to_datetime
-from shared.container_state import deaths_since
 from shared.containers import ContainerInfo, own_container_id
 from shared.docker_api import DockerGateway, connect_docker
-from shared.errors import ApprovalError, ContainerNotFound
+from shared.errors import ApprovalError, ContainerNotFound, DockerError, DockerUnavailable
 from shared.events import (
     ApprovalDecisionEvent,
     ApprovalRequest,
@@ -52,42 +62,50 @@ from shared.events import (
     parse_event,
 )
 from shared.redaction import Redactor
+from shared.redis_client import CONNECTION_ERRORS
 from shared.runbooks import Runbooks, load_runbooks
 from shared.settings import Settings
 
-RESTARTING_ACTIONS = ("restart", "start")
-# What an approved proposal becomes once its execution ends (the outcome text says dry-run).
+__all__ = ["ResponderAgent", "build"]
+
+_ACTION: TypeAdapter[Action] = TypeAdapter(Action)
+# What a proposal becomes once its execution ends.
 _PROPOSAL_FINAL = {
     RemediationStatus.SUCCEEDED: ProposalState.SUCCEEDED,
-    RemediationStatus.DRY_RUN: ProposalState.SUCCEEDED,
+    RemediationStatus.DRY_RUN: ProposalState.DRY_RUN,
     RemediationStatus.FAILED: ProposalState.FAILED,
     RemediationStatus.REJECTED: ProposalState.FAILED,
+}
+_AUDIT_EVENT = {
+    RemediationStatus.SUCCEEDED: "executed",
+    RemediationStatus.FAILED: "executed",
+    RemediationStatus.REJECTED: "rejected",
+    RemediationStatus.DRY_RUN: "dry_run",
+    RemediationStatus.PENDING_APPROVAL: "proposed",
+    RemediationStatus.EXPIRED: "expired",
+    RemediationStatus.DENIED: "denied",
+    RemediationStatus.NOTIFIED: "notified",
+}
+_SEVERITY = {
+    RemediationStatus.FAILED: Severity.CRITICAL,
+    RemediationStatus.REJECTED: Severity.WARNING,
+    RemediationStatus.PENDING_APPROVAL: Severity.WARNING,
+    RemediationStatus.EXPIRED: Severity.WARNING,
 }
 
 
 @dataclass
 class Work:
-    """One request (or one approved proposal) going through the guards."""
+    """One request (or one approved proposal) being decided by this replica."""
 
     request: RemediationNeededEvent
     actor: str
-    record: RequestRecord
+    record_key: str
+    holder: str
     proposal: Proposal | None = None
     causation_id: str | None = None
-    guards: list[audit.GuardResult] = field(default_factory=list)
-    started: float = field(default_factory=time.monotonic)
+    received_at: float = field(default_factory=time.time)
     timings: dict[str, float] = field(default_factory=dict)
-    action: Action | None = None
-    container: ContainerInfo | None = None
-
-    def check(self, guard: str, passed: bool, detail: str) -> bool:
-        self.guards.append(audit.GuardResult(guard=guard, passed=passed, detail=detail))
-        return passed
-
-    @property
-    def target(self) -> str:
-        s = self.request.subject
-        return s.container_id or s.container_name or ""
 
 
 class ResponderAgent(BaseAgent):
@@ -105,21 +123,18 @@ class ResponderAgent(BaseAgent):
     ) -> None:
         super().__init__(**kw)
         s = self.settings
+        self.limits = ResponderLimits.from_settings(s)
         self.docker = docker
         self.runbooks = runbooks
         self.redactor = redactor or Redactor(s.secret_values())
         self.own_id = own_id
-        self.executor = Executor(
-            docker,
-            self.redactor,
-            stable_s=s.responder_verify_stable_s,
-            output_limit=s.responder_exec_output_limit,
-        )
-        self.leases = Leases(self.redis, s.responder_lease_ttl_s)
-        self.state = GuardState(self.redis)
+        self.executor = Executor(docker, self.redactor, output_limit=s.responder_exec_output_limit)
+        self.requests = RequestStore(self.redis)
+        self.state = ResponderState(self.redis, s.responder_lease_ttl_s)
         self.approvals = ApprovalStore(self.redis)
         self.actor = f"responder:{self.instance}"
         self.counts: dict[str, int] = {}
+        self._issuing: set[asyncio.Task[None]] = set()
 
     def partition_key(self, event: Event) -> str | None:
         if isinstance(event, RemediationNeededEvent):
@@ -128,13 +143,21 @@ class ResponderAgent(BaseAgent):
 
     def health_details(self) -> dict[str, Any]:
         return super().health_details() | {
-            "dry_run": self.settings.dry_run,
-            "scope": self.settings.remediation_scope.value,
+            "dry_run": self.limits.dry_run,
+            "scope": self.limits.scope.value,
             "outcomes": dict(self.counts),
+            "issuing": len(self._issuing),
         }
 
     async def on_stop(self) -> None:
+        if self._issuing:
+            # Calls already sent to Docker finish; their verification is scheduled in Redis.
+            await asyncio.wait(self._issuing, timeout=self.settings.shutdown_grace_s)
         self.docker.close()
+
+    def _allowed(self, labels: Any) -> bool:
+        limits = self.limits
+        return target_policy(labels, limits.scope, watch_label=limits.watch_label).allowed
 
     # ------------------------------------------------------------------ entry points
 
@@ -145,21 +168,27 @@ class ResponderAgent(BaseAgent):
             await self._on_decision(event)
 
     async def _on_request(self, request: RemediationNeededEvent) -> None:
-        record = RequestRecord(self.redis, request.idempotency_key)
-        work = Work(request, self.actor, record, causation_id=request.id)
-        prior = await record.begin(self.instance, self.clock.time())
-        if prior.get("phase") == "done":
-            # Idempotency holds: this request was already acted on (a redelivery).
-            await self._republish_if_needed(record, prior)
-            self.log.info("responder.duplicate", request=request.id, key=request.idempotency_key)
-            return
-        resumed = prior.get("phase") == "executing"
-        work.check(
-            "idempotency",
-            True,
-            "resuming an action a stopped replica had started" if resumed else "first delivery",
-        )
-        await self._process(work, resumed=resumed, approved=False)
+        delivery = current_delivery()
+        # A redelivery of the same stream entry takes over; another entry with the same key is
+        # a twin (the Analyzer published twice) and leaves the work to the first.
+        entry = f"{delivery.channel}/{delivery.message_id}" if delivery else f"event/{request.id}"
+        record_key = RequestStore.key(request.idempotency_key)
+        holder = self.state.new_token(self.instance)
+        claim = await self.requests.claim(record_key, entry, holder, self.clock.time())
+        work = Work(request, self.actor, record_key, holder, causation_id=request.id)
+        try:
+            await self._decide(work, claim)
+        except DockerUnavailable as exc:
+            if delivery is None or delivery.attempt < self.settings.bus_max_deliveries:
+                raise  # retried with backoff: the daemon may be back in a moment
+            # The last delivery: say so instead of leaving the request to the dead letters.
+            await self._finish(
+                work,
+                Verdict(kind=VerdictKind.REJECT),
+                RemediationStatus.FAILED,
+                reason=f"Docker was unreachable for every attempt ({exc}); nothing was done",
+                action=request.payload.action,
+            )
 
     async def _on_decision(self, event: ApprovalDecisionEvent) -> None:
         decision = event.payload
@@ -168,203 +197,334 @@ class ResponderAgent(BaseAgent):
             self.log.warning("responder.unknown_proposal", proposal=decision.proposal_id)
             return
         if decision.decision is Decision.DENIED:
-            await self._close_denied(proposal, event)
+            await self._close_proposal(
+                proposal,
+                RemediationStatus.DENIED,
+                actor=decision.actor,
+                reason=f"denied by {decision.actor}: {decision.reason or 'no reason given'}",
+                causation_id=event.id,
+            )
         else:
             await self._run_proposal(proposal, decision.actor, event.id)
 
-    # ------------------------------------------------------------------ the guard pipeline
+    # ------------------------------------------------------------------ deciding
 
-    async def _process(self, work: Work, *, resumed: bool, approved: bool) -> None:
+    async def _decide(self, work: Work, claim: Claim, *, approved: bool = False) -> None:
+        early = admit(claim)
+        if early is not None:
+            await self._on_early(work, early)
+            return
         request = work.request
         p = request.payload
-        now = self.clock.time()
         runbook = self.runbooks.get(p.runbook_id)
         declared = runbook.action(p.action.id) if runbook else None
-        if p.action.type == "none":
-            work.action = p.action
-            await self._finish(work, RemediationStatus.NOTIFIED, reason=p.reason)
-            return
-        if not approved and not resumed:
-            age = now - request.emitted_at.timestamp()
-            limit = self.settings.responder_max_request_age_s
-            if not work.check(
-                "stale", age <= limit, f"request is {age:.0f}s old (limit {limit:.0f}s)"
-            ):
-                await self._reject(
-                    work, "stale", f"request is {age:.0f}s old; the situation may have changed"
-                )
-                return
-        problem = self._action_policy(request, declared)
-        if not work.check("action_policy", problem is None, problem or "matches the runbook"):
-            await self._reject(work, "action_policy", problem or "")
-            return
-        assert declared is not None
-        work.action = declared  # the runbook's copy is what runs, never the request's
-        if not work.target:
-            await self._reject(work, "target_policy", "the request names no container")
-            return
-        try:
-            info = await self.docker.inspect(work.target)
-        except ContainerNotFound:
-            work.check("target_policy", False, "container does not exist")
-            await self._reject(
-                work, "target_policy", f"container {work.target[:12]} does not exist"
+        info: ContainerInfo | None = None
+        target: TargetFacts | None = None
+        name = request.subject.container_id or request.subject.container_name
+        if p.action.type != "none" and name:
+            try:
+                info = await self.docker.inspect(name)
+                own = bool(self.own_id and info.id.startswith(self.own_id))
+                target = TargetFacts(id=info.id, name=info.name, labels=info.labels, is_own=own)
+            except ContainerNotFound:
+                info = None
+        if info is None:
+            facts = Facts(
+                claim=claim, approved=approved, runbook_known=runbook is not None, target=None
             )
-            return
-        work.container = info
-        verdict = target_policy(info, self.settings.remediation_scope, self.own_id)
-        if not work.check("target_policy", verdict.allowed, verdict.detail):
-            await self._reject(work, "target_policy", verdict.detail)
-            return
-        # Resuming a stopped replica's action: its lease dies with its TTL, so wait for it.
-        wait = self.settings.responder_lease_ttl_s + 2 if resumed else 0.0
-        async with self.leases.hold(info.id, self.instance, wait_s=wait) as held:
-            if not held:
-                holder = await self.leases.holder(info.id)
-                detail = f"another action is in progress on {info.name} (lease held by {holder})"
-                work.check("lease", False, detail)
-                await self._reject(work, "lease", detail)
-                return
-            work.check("lease", True, "acquired")
-            if resumed:
-                await self._resume(work, info)
-                return
-            if not await self._rate_guards(work, info, declared, now):
-                return
-            needs_approval = declared.approval.required or p.needs_human
-            if needs_approval and not approved:
-                await self._propose(work, declared)
-                return
-            await self._execute(work, info, declared)
-
-    def _action_policy(
-        self, request: RemediationNeededEvent, declared: Action | None
-    ) -> str | None:
-        p = request.payload
-        runbook = self.runbooks.get(p.runbook_id)
-        if runbook is None:
-            return f"unknown runbook {p.runbook_id!r}"
-        if declared is None:
-            allowed = [a.id for a in runbook.actions]
-            return f"action {p.action.id!r} is not in runbook {runbook.id} (allowed: {allowed})"
-        if declared.type != p.action.type:
-            return (
-                f"action {p.action.id!r} is a {declared.type} in the runbook, not {p.action.type}"
-            )
-        if declared.params != p.action.params:
-            if declared.type == "exec":
-                return "exec argv is not the runbook's allowlisted argv"
-            return f"parameters of {p.action.id!r} differ from the runbook's"
-        return None
-
-    async def _rate_guards(
-        self, work: Work, info: ContainerInfo, action: Action, now: float
-    ) -> bool:
-        s = self.settings
-        left = await self.state.cooldown_left(info.id, action.type)
-        if not work.check("cooldown", left <= 0, f"{left:.0f}s left" if left > 0 else "clear"):
-            await self._reject(
+            await self._conclude(
                 work,
-                "cooldown",
-                f"{action.type} of {info.name} is cooling down for {left:.0f}s more",
+                evaluate(request, declared, facts, self.clock.time(), self.limits),
+                None,
+                declared,
             )
-            return False
-        window = action.guards.window_s or s.responder_circuit_window_s
-        limit = action.guards.max_attempts or s.responder_circuit_max_actions
-        times = await self.state.action_times(info.id, now - window)
-        is_open = circuit_open(times, now, window, limit)
-        detail = f"{len(times)} action(s) in the last {window:.0f}s (max {limit})"
-        if not work.check("circuit_breaker", not is_open, detail):
-            reason = f"circuit open for {info.name}: {detail}; a person must look"
-            await self._escalate(work, info, "circuit_breaker", reason, window)
-            await self._reject(work, "circuit_breaker", reason)
-            return False
-        if action.type in RESTARTING_ACTIONS:
-            horizon = now - max(window, s.responder_crash_loop_window_s * 10)
-            restarts = await self.state.restart_times(info.id, horizon)
-            deaths = await deaths_since(self.redis, info.id, horizon)
-            quick = quick_deaths_after_restarts(restarts, deaths, s.responder_crash_loop_window_s)
-            detail = (
-                f"{quick} of our restart(s) were followed by a death within "
-                f"{s.responder_crash_loop_window_s:.0f}s (limit {s.responder_crash_loop_limit})"
-            )
-            if not work.check("crash_loop", quick < s.responder_crash_loop_limit, detail):
-                reason = f"{info.name} keeps dying right after restarts ({detail}); stopping here"
-                await self._escalate(work, info, "crash_loop", reason, window)
-                await self._reject(work, "crash_loop", reason)
-                return False
-        return True
+            return
+        token = self.state.new_token(f"{self.instance}:{request.idempotency_key}")
+        acquired = await self.state.acquire(info.id, token)
+        gated = False
+        try:
+            async with (
+                self.state.keeper(info.id, token, self.log) if acquired else _nothing() as keeper
+            ):
+                horizon = self.clock.time() - self.limits.history_horizon(declared or p.action)
+                guard = await self.state.read(info.id, p.action.type, horizon, acquired)
+                facts = Facts(
+                    claim=claim,
+                    approved=approved,
+                    runbook_known=runbook is not None,
+                    target=target,
+                    guard=guard,
+                )
+                verdict = evaluate(request, declared, facts, self.clock.time(), self.limits)
+                if verdict.kind is VerdictKind.ACT:
+                    assert declared is not None
+                    if keeper is not None and keeper.lost:
+                        await self._finish(
+                            work,
+                            verdict,
+                            RemediationStatus.REJECTED,
+                            guard="lease",
+                            reason="the lease was lost before acting (Redis unreachable?); "
+                            "nothing was done",
+                            info=info,
+                            action=declared,
+                        )
+                        return
+                    gated = await self._act(work, verdict, info, declared, token)
+                    return
+                await self._conclude(work, verdict, info, declared)
+        finally:
+            if acquired and not gated:
+                await self.state.release(info.id, token)
 
-    async def _execute(self, work: Work, info: ContainerInfo, action: Action) -> None:
-        if self.settings.dry_run:
-            work.check("dry_run", False, "dry-run is on: nothing was changed")
+    async def _on_early(self, work: Work, verdict: Verdict) -> None:
+        if verdict.kind is VerdictKind.DUPLICATE:
+            await self._deliver(work.record_key)
+            self.log.info("responder.duplicate", request=work.request.id)
+        elif verdict.kind is VerdictKind.TWIN:
+            self.log.info("responder.twin", request=work.request.id, reason=verdict.reason)
+        elif verdict.kind is VerdictKind.FOLLOW_UP:
+            record = await self.requests.load(work.record_key)
+            if record.phase == "executing" and not await self.requests.is_scheduled(
+                work.record_key
+            ):
+                await self.requests.schedule(work.record_key, self.clock.time())
+            self.log.info("responder.follow_up", request=work.request.id)
+
+    async def _conclude(
+        self, work: Work, verdict: Verdict, info: ContainerInfo | None, action: Action | None
+    ) -> None:
+        """Every verdict but ACT: refuse, notify, propose or say what a dry run would do."""
+        chosen = action or work.request.payload.action
+        if verdict.kind is VerdictKind.NOTIFY:
             await self._finish(
                 work,
+                verdict,
+                RemediationStatus.NOTIFIED,
+                reason=verdict.reason,
+                info=info,
+                action=chosen,
+            )
+        elif verdict.kind is VerdictKind.PROPOSE:
+            await self._propose(work, verdict, info, chosen)
+        elif verdict.kind is VerdictKind.DRY_RUN:
+            await self._finish(
+                work,
+                verdict,
                 RemediationStatus.DRY_RUN,
-                reason=f"dry-run: would {action.type} {info.name} ({action.id})",
+                reason=verdict.reason,
+                info=info,
+                action=chosen,
                 dry_run=True,
             )
-            return
-        work.check("dry_run", True, "dry-run is off")
-        issued_at = self.clock.time()
-        await work.record.executing(self.instance, issued_at)
+        else:
+            if verdict.escalate and info is not None and verdict.guard:
+                await self._escalate(work, info, verdict)
+            await self._finish(
+                work,
+                verdict,
+                RemediationStatus.REJECTED,
+                guard=verdict.guard,
+                reason=verdict.reason,
+                info=info,
+                action=chosen,
+            )
+
+    # ------------------------------------------------------------------ acting
+
+    async def _act(
+        self, work: Work, verdict: Verdict, info: ContainerInfo, action: Action, token: str
+    ) -> bool:
+        """Book at the gate, then issue in the background. True once the gate took the lease."""
+        now = self.clock.time()
+        prepared = await self.executor.prepare(action, info, now, self._allowed)
+        if prepared.problem or prepared.plan is None:
+            await self._finish(
+                work,
+                verdict,
+                RemediationStatus.FAILED,
+                reason=prepared.problem or "cannot be done",
+                info=info,
+                action=action,
+            )
+            return False
+        context = {
+            "request": work.request.model_dump_json(),
+            "actor": work.actor,
+            "proposal_id": work.proposal.id if work.proposal else None,
+            "causation_id": work.causation_id,
+            "guards": [g.model_dump(mode="json") for g in verdict.guards],
+            "action": action.model_dump(mode="json"),
+            "container_name": info.name,
+            "received_at": work.received_at,
+        }
+        try:
+            await self.requests.gate(
+                work.record_key,
+                holder=work.holder,
+                lease_token=token,
+                container_id=info.id,
+                action_type=action.type,
+                now=now,
+                plan=prepared.plan,
+                context=context,
+                first_check_at=prepared.plan.deadline,  # issue() reschedules it sooner
+                restarting=action.type in (ActionType.RESTART, ActionType.START),
+            )
+        except GateRefused as refused:
+            if refused.why == "lease_lost":
+                await self._finish(
+                    work,
+                    verdict,
+                    RemediationStatus.REJECTED,
+                    guard="lease",
+                    reason="the lease expired before acting; nothing was done",
+                    info=info,
+                    action=action,
+                )
+                return False
+            self.log.warning("responder.gate_refused", request=work.request.id, why=refused.why)
+            return False
+        work.timings["decide_ms"] = round((time.time() - work.received_at) * 1000, 1)
+        task = asyncio.create_task(self._issue(work.record_key, action, info, prepared))
+        self._issuing.add(task)
+        task.add_done_callback(self._issuing.discard)
+        return True
+
+    async def _issue(
+        self, record_key: str, action: Action, info: ContainerInfo, prepared: Prepared
+    ) -> None:
         started = time.monotonic()
-        result = await self.executor.run(action, info)
-        work.timings["action_ms"] = round((time.monotonic() - started) * 1000, 1)
-        # Booked at the time it was issued: a death during verification comes after it.
-        await self._book(info, action, result.ok, issued_at)
-        status = RemediationStatus.SUCCEEDED if result.ok else RemediationStatus.FAILED
-        await self._finish(
-            work, status, reason=result.detail, verified=result.verified, output=result.output
+        try:
+            issued = await self.executor.issue(action, info, prepared, self._allowed)
+        except Exception:  # task boundary: the verification schedule finishes it at its deadline
+            self.log.exception("responder.issue_crashed", record=record_key)
+            return
+        took = round((time.monotonic() - started) * 1000, 1)
+        self.log.info(
+            "responder.issued",
+            record=record_key,
+            action=action.id,
+            container=info.name,
+            ok=issued.ok,
+            detail=issued.detail,
+            ms=took,
         )
+        try:
+            if issued.final or not issued.ok:
+                await self._finish_executed(
+                    record_key,
+                    ok=issued.ok,
+                    detail=issued.detail,
+                    output=issued.output,
+                    verified=issued.verified,
+                    action_ms=took,
+                )
+            else:
+                await self.requests.mark(
+                    record_key, issued="1", issued_detail=issued.detail, action_ms=str(took)
+                )
+                await self.requests.schedule(record_key, self.clock.time())
+        except CONNECTION_ERRORS as exc:
+            # The verification schedule still holds it: it is finished at its deadline at the
+            # latest, by this replica or another one.
+            self.log.error("responder.issue_not_recorded", record=record_key, error=str(exc))
 
-    async def _book(self, info: ContainerInfo, action: Action, ok: bool, at: float) -> None:
-        await self.state.record_action(
-            info.id,
-            action.type,
-            at,
-            succeeded=ok,
-            cooldown_base_s=(
-                action.guards.cooldown_s
-                if action.guards.cooldown_s is not None
-                else self.settings.responder_cooldown_s
-            ),
-            cooldown_cap_s=self.settings.responder_cooldown_max_s,
+    # ------------------------------------------------------------------ verifying
+
+    @periodic(lambda self: self.settings.responder_verify_poll_s)
+    async def verify_due(self) -> None:
+        now = self.clock.time()
+        hold = now + max(5.0, 4 * self.settings.responder_verify_poll_s)
+        due = await self.requests.due(now, hold, limit=128)
+        if due:
+            await asyncio.gather(*(self._verify(key) for key in due))
+
+    async def _verify(self, record_key: str) -> None:
+        try:
+            record = await self.requests.load(record_key)
+            if record.phase == "done":
+                await self._deliver(record_key)
+                return
+            plan = record.plan
+            if record.phase != "executing" or plan is None:
+                await self.requests.unschedule(record_key)
+                return
+            observation = await self.executor.observe(plan, issued=record.flag("issued"))
+            verdict = judge(plan, observation, self.clock.time(), self.limits.verify_stable_s)
+            if not verdict.done:
+                poll = self.settings.responder_verify_poll_s
+                await self.requests.schedule(record_key, self.clock.time() + poll)
+                return
+            issued = record.data.get("issued_detail")
+            detail = f"{issued}; {verdict.detail}" if issued else verdict.detail
+            await self._finish_executed(
+                record_key, ok=verdict.ok, detail=detail, verified=verdict.ok
+            )
+        except Exception:  # loop boundary per item: one bad record never stops the others
+            self.log.exception("responder.verify_failed", record=record_key)
+
+    async def _finish_executed(
+        self,
+        record_key: str,
+        *,
+        ok: bool,
+        detail: str,
+        output: str | None = None,
+        verified: bool | None = None,
+        action_ms: float | None = None,
+    ) -> None:
+        """Finish an issued action from its record (this replica issued it, or another did)."""
+        record = await self.requests.load(record_key)
+        if record.phase != "executing":
+            await self._deliver(record_key)
+            return
+        ctx = record.context
+        request = parse_event(ctx["request"])
+        assert isinstance(request, RemediationNeededEvent)
+        action = _ACTION.validate_python(ctx["action"])
+        plan = record.plan
+        container_id = plan.container_id if plan else record.data.get("container", "")
+        failures = await self.state.failures(container_id, action.type)
+        failures, until = after_outcome(action, failures, ok, self.clock.time(), self.limits)
+        proposal = await self.approvals.get(ctx["proposal_id"]) if ctx.get("proposal_id") else None
+        work = Work(
+            request,
+            ctx["actor"],
+            record_key,
+            "",
+            proposal,
+            ctx.get("causation_id"),
+            received_at=float(ctx.get("received_at") or time.time()),
         )
-
-    async def _resume(self, work: Work, info: ContainerInfo) -> None:
-        """A replica stopped after issuing the action: never issue it twice, verify instead."""
-        action = work.action
-        assert action is not None
-        prior = await self.redis.hget(work.record.key, "executing_at")
-        since = float(prior) if prior else None
-        ok, detail = await self.executor.verify(action, info, since=since)
-        if await self.state.cooldown_left(info.id, action.type) <= 0:
-            # The stopped replica did not get to book it.
-            await self._book(info, action, ok, since or self.clock.time())
-        status = RemediationStatus.SUCCEEDED if ok else RemediationStatus.FAILED
+        if action_ms is None and record.number("action_ms") is not None:
+            action_ms = record.number("action_ms")
+        if action_ms is not None:
+            work.timings["action_ms"] = action_ms
+        guards = tuple(audit.GuardResult.model_validate(g) for g in ctx.get("guards", []))
         await self._finish(
             work,
-            status,
-            reason=f"resumed after a replica stopped mid-action: {detail}",
-            verified=ok,
+            Verdict(kind=VerdictKind.ACT, guards=guards),
+            RemediationStatus.SUCCEEDED if ok else RemediationStatus.FAILED,
+            reason=detail,
+            verified=verified,
+            output=output,
+            action=action,
+            container=(container_id, str(ctx.get("container_name") or "")),
+            lease=(container_id, record.data.get("lease", "")),
+            booking=(container_id, action.type, failures, until),
         )
 
     # ------------------------------------------------------------------ approvals
 
-    async def _propose(self, work: Work, action: Action) -> None:
+    async def _propose(
+        self, work: Work, verdict: Verdict, info: ContainerInfo | None, action: Action
+    ) -> None:
         request = work.request
         p = request.payload
-        why = (
-            f"low confidence ({p.analysis.confidence:.2f}): {p.reason}"
-            if p.needs_human
-            else f"runbook {p.runbook_id} requires approval for {action.id}"
-        )
-        proposal = await self.approvals.create(
-            request, action.approval.timeout_s, self.clock.time(), why
-        )
+        why = verdict.reason
+        proposal = await self.approvals.create(request, action.approval.timeout_s, why)
         work.proposal = proposal
-        work.check("approval", False, f"waiting for a human: {proposal.approve_command}")
         ask = make_event(
             ApprovalRequestEvent,
             source=self.source,
@@ -378,7 +538,7 @@ class ResponderAgent(BaseAgent):
                 alert_kind=p.alert_kind,
                 expires_at=to_datetime(proposal.expires_at),
                 analysis=p.analysis,
-                evidence=f"{why}. Root cause: {p.analysis.root_cause}"[:2000],
+                evidence=self.redactor.text(f"{why}. Root cause: {p.analysis.root_cause}")[:2000],
                 approve_command=proposal.approve_command,
                 deny_command=proposal.deny_command,
             ),
@@ -391,8 +551,11 @@ class ResponderAgent(BaseAgent):
         await self.bus.publish(ask)
         await self._finish(
             work,
+            verdict,
             RemediationStatus.PENDING_APPROVAL,
             reason=f"{why}; approve with `{proposal.approve_command}` before it expires",
+            info=info,
+            action=action,
             audit_event="proposed",
         )
 
@@ -406,70 +569,136 @@ class ResponderAgent(BaseAgent):
         except ApprovalError as exc:
             self.log.info("responder.proposal_skipped", proposal=proposal.id, reason=str(exc))
             return  # another replica took it, or it was never approved
-        request = proposal.request_event()
-        record = RequestRecord(self.redis, f"proposal:{proposal.id}")
-        await record.begin(self.instance, self.clock.time())
+        record_key = RequestStore.key(f"proposal:{proposal.id}")
+        holder = self.state.new_token(self.instance)
+        claim = await self.requests.claim(record_key, "execute", holder, self.clock.time())
         work = Work(
-            request, f"{decided_by} (approved) via {self.actor}", record, proposal, causation
+            proposal.request_event(),
+            f"{decided_by} (approved) via {self.actor}",
+            record_key,
+            holder,
+            proposal,
+            causation,
         )
-        work.check("approval", True, f"approved by {decided_by}")
-        await self._process(work, resumed=False, approved=True)
+        try:
+            await self._decide(work, claim, approved=True)
+        except DockerError as exc:
+            # Kept for the sweep, which finishes it as failed at the execution deadline.
+            await self.requests.mark(record_key, last_error=str(exc)[:500])
+            raise
 
-    async def _close_denied(self, proposal: Proposal, event: ApprovalDecisionEvent) -> None:
-        record = RequestRecord(self.redis, f"proposal:{proposal.id}")
-        prior = await record.begin(self.instance, self.clock.time())
-        if prior.get("phase") == "done":
-            await self._republish_if_needed(record, prior)
+    async def _close_proposal(
+        self,
+        proposal: Proposal,
+        status: RemediationStatus,
+        *,
+        actor: str,
+        reason: str,
+        causation_id: str | None = None,
+        require_holder: bool = True,
+    ) -> None:
+        """Finish a proposal that will not run (denied, expired, not executed in time)."""
+        record_key = RequestStore.key(f"proposal:{proposal.id}")
+        holder = self.state.new_token(self.instance)
+        claim = await self.requests.claim(record_key, f"close-{status}", holder, self.clock.time())
+        if claim.status is ClaimStatus.DONE:
+            await self._deliver(record_key)
             return
-        request = proposal.request_event()
-        work = Work(request, event.payload.actor, record, proposal, event.id)
-        work.action = request.payload.action
-        work.check("approval", False, f"denied by {event.payload.actor}: {event.payload.reason}")
+        work = Work(
+            proposal.request_event(),
+            actor,
+            record_key,
+            holder if require_holder and claim.status is ClaimStatus.NEW else "",
+            proposal,
+            causation_id,
+        )
+        audit_event = {RemediationStatus.DENIED: "denied", RemediationStatus.EXPIRED: "expired"}
         await self._finish(
             work,
-            RemediationStatus.DENIED,
-            reason=f"denied by {event.payload.actor}: {event.payload.reason or 'no reason given'}",
-            audit_event="denied",
+            Verdict(kind=VerdictKind.REJECT),
+            status,
+            reason=reason,
+            action=work.request.payload.action,
+            audit_event=audit_event.get(status),
         )
 
     @periodic(2.0)
     async def expire_proposals(self) -> None:
         """Silence means no action: pending proposals past their deadline expire."""
-        now = self.clock.time()
-        for proposal_id in await self.approvals.due_for_expiry(now):
+        for proposal_id in await self.approvals.due_for_expiry():
             try:
                 await self.approvals.transition(
                     proposal_id,
                     ProposalState.EXPIRED,
                     {ProposalState.PENDING},
-                    now=now,
                     actor="timeout",
                     reason="no decision before the deadline",
                 )
             except ApprovalError:
                 continue  # decided meanwhile, or another replica expired it
             proposal = await self.approvals.get(proposal_id)
-            if proposal is None:
-                continue
-            record = RequestRecord(self.redis, f"proposal:{proposal.id}")
-            await record.begin(self.instance, now)
-            work = Work(proposal.request_event(), "timeout", record, proposal)
-            work.action = work.request.payload.action
-            work.check("approval", False, "expired without a decision")
-            await self._finish(
-                work,
-                RemediationStatus.EXPIRED,
-                reason="no one decided before the deadline; nothing was done",
-                audit_event="expired",
-            )
+            if proposal is not None:
+                await self._close_proposal(
+                    proposal,
+                    RemediationStatus.EXPIRED,
+                    actor="timeout",
+                    reason="no one decided before the deadline; nothing was done",
+                )
 
-    @periodic(10.0)
-    async def sweep_approved(self) -> None:
-        """Approved proposals whose decision event was lost still run."""
-        now = self.clock.time()
+    @periodic(lambda self: self.settings.responder_sweep_interval_s)
+    async def sweep_proposals(self) -> None:
+        """Approved proposals whose decision event was lost still run; approved or executing
+        ones that cannot run by their deadline are finished as failed, and people are told."""
+        now = await self.approvals.server_time()
+        deadline_s = self.limits.approval_execution_deadline_s
         for proposal in await self.approvals.in_state(ProposalState.APPROVED):
-            if proposal.decided_at is not None and now - proposal.decided_at > 10:
+            decided = proposal.decided_at or proposal.updated_at
+            if now - decided > deadline_s:
+                try:
+                    await self.approvals.transition(
+                        proposal.id,
+                        ProposalState.FAILED,
+                        {ProposalState.APPROVED},
+                        actor=self.actor,
+                        reason="not executed in time",
+                    )
+                except ApprovalError:
+                    continue
+                await self._close_proposal(
+                    proposal,
+                    RemediationStatus.FAILED,
+                    actor=f"{proposal.decided_by} (approved)",
+                    reason=f"approved by {proposal.decided_by} but not executed within "
+                    f"{deadline_s:.0f}s (no Responder could run it); nothing was done",
+                    require_holder=False,
+                )
+            elif now - decided > min(10.0, deadline_s / 2):
                 await self._run_proposal(proposal, proposal.decided_by, None)
+        for proposal in await self.approvals.in_state(ProposalState.EXECUTING):
+            await self._sweep_executing(proposal, now, deadline_s)
+
+    async def _sweep_executing(self, proposal: Proposal, now: float, deadline_s: float) -> None:
+        record_key = RequestStore.key(f"proposal:{proposal.id}")
+        record = await self.requests.load(record_key)
+        if record.phase == "done":
+            await self._deliver(record_key)  # the final transition was not applied yet
+            return
+        if record.phase == "executing":
+            if not await self.requests.is_scheduled(record_key):
+                await self.requests.schedule(record_key, self.clock.time())
+            return
+        started = proposal.executing_at or proposal.updated_at
+        if now - started <= deadline_s:
+            return
+        why = record.data.get("last_error") or "the Responder executing it stopped"
+        await self._close_proposal(
+            proposal,
+            RemediationStatus.FAILED,
+            actor=f"{proposal.decided_by} (approved)",
+            reason=f"approved by {proposal.decided_by} but not executed within {deadline_s:.0f}s: "
+            f"{why}; nothing was done",
+            require_holder=False,
+        )
 
     @periodic(3600.0)
     async def trim_audit(self) -> None:
@@ -477,13 +706,11 @@ class ResponderAgent(BaseAgent):
 
     # ------------------------------------------------------------------ outcomes
 
-    async def _reject(self, work: Work, guard: str, reason: str) -> None:
-        await self._finish(work, RemediationStatus.REJECTED, guard=guard, reason=reason)
-
-    async def _escalate(
-        self, work: Work, info: ContainerInfo, guard: str, reason: str, window: float
-    ) -> None:
-        if not await self.state.first_escalation(info.id, guard, window):
+    async def _escalate(self, work: Work, info: ContainerInfo, verdict: Verdict) -> None:
+        guard, until = verdict.guard, verdict.escalate_until
+        assert guard is not None
+        assert until is not None
+        if not await self.state.claim_escalation(info.id, guard, self.clock.time(), until):
             return
         request = work.request
         event = make_event(
@@ -492,8 +719,8 @@ class ResponderAgent(BaseAgent):
             subject=request.subject,
             severity=Severity.CRITICAL,
             payload=Escalation(
-                reason=reason,
-                guard=guard,
+                reason=self.redactor.text(verdict.reason),
+                guard=verdict.guard,
                 action_type=request.payload.action.type,
                 request_id=request.id,
                 details={"runbook": request.payload.runbook_id, "container": info.name},
@@ -502,14 +729,15 @@ class ResponderAgent(BaseAgent):
             emitted_at=self.clock.now(),
             incident_id=request.incident_id,
             causation_id=request.id,
-            idempotency_key=f"escalation:{info.id}:{guard}:{int(self.clock.time())}",
+            idempotency_key=f"escalation:{info.id}:{verdict.guard}:{verdict.escalate_until:.0f}",
         )
         await self.bus.publish(event)
-        self.log.warning("responder.escalated", guard=guard, container=info.name, reason=reason)
+        self.log.warning("responder.escalated", guard=verdict.guard, container=info.name)
 
     async def _finish(
         self,
         work: Work,
+        verdict: Verdict,
         status: RemediationStatus,
         *,
         guard: str | None = None,
@@ -518,23 +746,32 @@ class ResponderAgent(BaseAgent):
         output: str | None = None,
         dry_run: bool = False,
         audit_event: str | None = None,
+        info: ContainerInfo | None = None,
+        action: Action | None = None,
+        container: tuple[str, str] | None = None,
+        lease: tuple[str, str] | None = None,
+        booking: tuple[str, str, int, float] | None = None,
     ) -> None:
+        """Store the outcome once (atomically with booking it), then deliver its side effects."""
         request = work.request
         p = request.payload
-        action = work.action or p.action
-        duration_ms = round((time.monotonic() - work.started) * 1000, 1)
-        severity = {
-            RemediationStatus.FAILED: Severity.CRITICAL,
-            RemediationStatus.REJECTED: Severity.WARNING,
-            RemediationStatus.PENDING_APPROVAL: Severity.WARNING,
-            RemediationStatus.EXPIRED: Severity.WARNING,
-            RemediationStatus.NOTIFIED: request.severity,
-        }.get(status, Severity.INFO)
+        action = action or p.action
+        if info is not None:
+            container = (info.id, info.name)
+        container_id, container_name = container or (
+            request.subject.container_id or "",
+            request.subject.container_name or "",
+        )
+        duration_ms = round(max(0.0, time.time() - work.received_at) * 1000, 1)
+        reason = self.redactor.text(reason)[:2000]
+        proposal_id = work.proposal.id if work.proposal else None
         complete = make_event(
             RemediationCompleteEvent,
             source=self.source,
             subject=request.subject,
-            severity=severity,
+            severity=_SEVERITY.get(
+                status, request.severity if status is RemediationStatus.NOTIFIED else Severity.INFO
+            ),
             payload=RemediationComplete(
                 request_id=request.id,
                 alert_kind=p.alert_kind,
@@ -544,10 +781,10 @@ class ResponderAgent(BaseAgent):
                 action_type=action.type,
                 status=status,
                 guard=guard,
-                reason=self.redactor.text(reason)[:2000],
+                reason=reason,
                 dry_run=dry_run,
                 actor=work.actor,
-                proposal_id=work.proposal.id if work.proposal else None,
+                proposal_id=proposal_id,
                 duration_ms=duration_ms,
                 verified=verified,
                 output=output,
@@ -558,90 +795,107 @@ class ResponderAgent(BaseAgent):
             incident_id=request.incident_id,
             causation_id=work.causation_id or request.id,
             idempotency_key=(
-                f"complete:{work.proposal.id}:{status}"
-                if work.proposal
+                f"complete:{proposal_id}:{status}"
+                if proposal_id
                 else f"complete:{request.idempotency_key}"
             ),
         )
-        await work.record.done(complete.model_dump_json())
-        info = work.container
-        await audit.append(
-            self.redis,
-            audit.AuditRecord(
-                at=self.clock.time(),
-                actor=work.actor,
-                event=audit_event or _audit_event(status),
-                outcome=status.value if guard is None else f"{status.value}:{guard}",
-                request_id=request.id,
-                incident_id=request.incident_id,
-                proposal_id=work.proposal.id if work.proposal else None,
-                container_id=info.id if info else request.subject.container_id,
-                container_name=info.name if info else request.subject.container_name,
-                runbook_id=p.runbook_id,
-                action_id=action.id,
-                action_type=action.type,
-                params=action.params.model_dump(mode="json"),
-                guards=work.guards,
-                dry_run=dry_run,
-                reason=self.redactor.text(reason)[:2000],
-                durations_ms={"total": duration_ms, **work.timings},
-            ),
+        record = audit.AuditRecord(
+            at=self.clock.time(),
+            actor=work.actor,
+            event=audit_event or _AUDIT_EVENT[status],
+            outcome=status.value if guard is None else f"{status.value}:{guard}",
+            request_id=request.id,
+            incident_id=request.incident_id,
+            proposal_id=proposal_id,
+            container_id=container_id or None,
+            container_name=container_name or None,
+            runbook_id=p.runbook_id,
+            action_id=action.id,
+            action_type=action.type,
+            params=action.params.model_dump(mode="json"),
+            guards=[
+                g.model_copy(update={"detail": self.redactor.text(g.detail)})
+                for g in verdict.guards
+            ],
+            dry_run=dry_run,
+            reason=reason,
+            durations_ms={"total": duration_ms, **work.timings},
         )
-        await self.bus.publish(complete)
-        await work.record.published()
-        final = _PROPOSAL_FINAL.get(status)
-        if work.proposal is not None and final is not None:
+        result = await self.requests.finish(
+            work.record_key,
+            outcome_json=complete.model_dump_json(),
+            audit_json=record.model_dump_json(),
+            holder=work.holder,
+            lease=lease,
+            booking=booking,
+        )
+        if result == "claim_lost":
+            self.log.warning("responder.claim_lost", request=request.id)
+            return
+        await self._deliver(work.record_key)
+        if result == "ok":
+            self.counts[status.value] = self.counts.get(status.value, 0) + 1
+            self.log.info(
+                "responder.outcome",
+                status=status,
+                guard=guard,
+                container=request.subject.display,
+                action=action.id,
+                dry_run=dry_run,
+                reason=reason[:200],
+                proposal=proposal_id,
+            )
+
+    async def _deliver(self, record_key: str) -> None:
+        """The side effects of a stored outcome, each at most once: audit, publish, proposal
+        state, and the verification schedule. Safe to call again after a crash."""
+        record = await self.requests.load(record_key)
+        if record.phase != "done" or not record.data.get("outcome"):
+            return
+        if not record.flag("audited") and record.data.get("audit"):
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.xadd(audit.AUDIT_STREAM, {"record": record.data["audit"]})
+            pipe.hset(record_key, "audited", "1")
+            await pipe.execute()
+        event = parse_event(record.data["outcome"])
+        assert isinstance(event, RemediationCompleteEvent)
+        if not record.flag("published"):
+            await self.bus.publish(event)
+            await self.requests.mark(record_key, published="1")
+        final = _PROPOSAL_FINAL.get(event.payload.status)
+        proposal_id = event.payload.proposal_id
+        if proposal_id and final is not None and not record.flag("proposal_closed"):
             try:
                 await self.approvals.transition(
-                    work.proposal.id,
+                    proposal_id,
                     final,
                     {ProposalState.EXECUTING},
                     actor=self.actor,
-                    reason=f"{status}: {reason}",
+                    reason=f"{event.payload.status}: {event.payload.reason}",
                 )
             except ApprovalError as exc:
-                self.log.warning(
-                    "responder.proposal_state", proposal=work.proposal.id, error=str(exc)
-                )
-        self.counts[status.value] = self.counts.get(status.value, 0) + 1
-        self.log.info(
-            "responder.outcome",
-            status=status,
-            guard=guard,
-            container=request.subject.display,
-            action=action.id,
-            dry_run=dry_run,
-            reason=reason[:200],
-            proposal=work.proposal.id if work.proposal else None,
-        )
-
-    async def _republish_if_needed(self, record: RequestRecord, prior: dict[str, str]) -> None:
-        if prior.get("published") == "1" or not prior.get("outcome"):
-            return
-        event = parse_event(prior["outcome"])
-        await self.bus.publish(event)
-        await record.published()
+                self.log.info("responder.proposal_state", proposal=proposal_id, error=str(exc))
+            await self.requests.mark(record_key, proposal_closed="1")
+        await self.requests.unschedule(record_key)
 
 
-def _audit_event(status: RemediationStatus) -> str:
-    return {
-        RemediationStatus.SUCCEEDED: "executed",
-        RemediationStatus.FAILED: "executed",
-        RemediationStatus.REJECTED: "rejected",
-        RemediationStatus.DRY_RUN: "dry_run",
-        RemediationStatus.PENDING_APPROVAL: "proposed",
-        RemediationStatus.EXPIRED: "expired",
-        RemediationStatus.DENIED: "denied",
-        RemediationStatus.NOTIFIED: "notified",
-    }[status]
+class _nothing:
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
 
 
 def build(settings: Settings, redis: Redis) -> ResponderAgent:
     return ResponderAgent(
         settings=settings,
         redis=redis,
-        # Restarts block a thread for the container's stop time; verification polls too.
-        docker=DockerGateway(connect_docker(settings), concurrency=2 * settings.bus_concurrency),
+        # Restarts block a thread for the container's stop time; they never hold a handler.
+        docker=DockerGateway(
+            connect_docker(settings), concurrency=settings.responder_action_concurrency
+        ),
         runbooks=load_runbooks(settings.runbooks_dir),
         own_id=own_container_id(),
     )

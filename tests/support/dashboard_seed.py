@@ -125,9 +125,9 @@ async def seed(redis: Any) -> Seeded:
 
     store = ApprovalStore(redis)
     pending = await store.create(
-        needed, 900, now, "runbook unhealthy requires approval for restart"
+        needed, 900, "runbook unhealthy requires approval for restart", key="seed-pending"
     )
-    decided = await store.create(needed, 900, now - 60, "low confidence (0.40)")
+    decided = await store.create(needed, 900, "low confidence (0.40)", key="seed-decided")
     await store.deny(decided.id, "bob", "maintenance window")
     await audit.append(
         redis,

@@ -30,6 +30,7 @@ from shared.events import (
 from shared.runbooks import Runbooks, load_runbooks
 from tests.conftest import make_settings
 from tests.support.bus import wait_until
+from tests.support.docker_events import count_events
 from tests.support.streams import events_on
 
 RUNBOOK = """
@@ -85,6 +86,7 @@ def request(
     key: str | None = None,
     needs_human: bool = False,
     emitted_at: float | None = None,
+    alert_at: float | None = None,
     **action_changes: Any,
 ) -> RemediationNeededEvent:
     runbook = runbooks.get("test-actions")
@@ -107,7 +109,7 @@ def request(
         severity=Severity.CRITICAL,
         payload=RemediationNeeded(
             alert_kind=AlertKind.CRASH,
-            alert_occurred_at=to_datetime(now),
+            alert_occurred_at=to_datetime(now if alert_at is None else alert_at),
             runbook_id="test-actions",
             runbook_version=1,
             action=action,
@@ -124,8 +126,18 @@ def request(
 
 @contextlib.asynccontextmanager
 async def running_responder(
-    redis: Any, redis_url: str, runbooks_dir: Path, **kw: Any
+    redis: Any,
+    redis_url: str,
+    runbooks_dir: Path,
+    *,
+    gateway: Any = None,
+    bus: Any = None,
+    clock: Any = None,
+    instance: str = "test-1",
+    **kw: Any,
 ) -> AsyncIterator[ResponderAgent]:
+    """A Responder running in-process; `gateway` and `bus` replace the real collaborators (fault
+    injection), `redis` may be a client behind a proxy."""
     settings = make_settings(
         redis_url,
         **{
@@ -133,14 +145,16 @@ async def running_responder(
             "runbooks_dir": runbooks_dir,
             "responder_verify_stable_s": 0.5,
             "responder_lease_ttl_s": 5.0,
+            "instance": instance,
         }
         | kw,
     )
-    client = docker_sdk.from_env(timeout=60)
     agent = ResponderAgent(
         settings=settings,
         redis=redis,
-        docker=DockerGateway(client),
+        bus=bus,
+        clock=clock,
+        docker=gateway or DockerGateway(docker_sdk.from_env(timeout=60)),
         runbooks=load_runbooks(runbooks_dir),
     )
     task = asyncio.create_task(agent.run())
@@ -170,11 +184,5 @@ async def outcome(
 
 
 def restart_events(client: Any, container_id: str, since: float) -> int:
-    """How many times Docker really restarted the container (its own event log)."""
-    events = client.api.events(
-        since=int(since),
-        until=int(time.time()) + 1,
-        decode=True,
-        filters={"type": "container", "container": container_id, "event": "restart"},
-    )
-    return sum(1 for _ in events)
+    """How many times Docker really restarted the container (its live event stream)."""
+    return count_events(client, container_id, "restart", since)

@@ -1,0 +1,35 @@
+"""Every name HemoStat uses in Redis, in one place (arq's `constants.py`).
+
+A reader answers "what does HemoStat keep in Redis?" here. Prefixes end with ':' and take an id.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ACTIONS",
+    "DEATHS",
+    "GUARD",
+    "LEASE",
+    "PROPOSAL",
+    "PROPOSALS",
+    "PROPOSALS_PENDING",
+    "PROPOSAL_BY_REQUEST",
+    "REQUEST",
+    "RESTARTS",
+    "VERIFY_DUE",
+]
+
+# ---- Responder: one record per request (idempotency), scheduled verifications, guard state
+REQUEST = "hemostat:responder:req:"  # hash: phase, claim, outcome, verification plan
+VERIFY_DUE = "hemostat:responder:verify"  # zset: request record key -> next check (unix s)
+LEASE = "hemostat:lease:"  # string: the token of who acts on a container (SET NX PX)
+GUARD = "hemostat:guard:"  # hash per container: cooldown_until:<type>, failures:<type>, ...
+ACTIONS = "hemostat:actions:"  # zset per container: executed actions (circuit breaker)
+RESTARTS = "hemostat:restarts:"  # zset per container: our restarts (crash-loop guard)
+DEATHS = "hemostat:deaths:"  # zset per container: unplanned deaths, written by the Monitor
+
+# ---- Approvals
+PROPOSAL = "hemostat:proposal:"  # hash per proposal
+PROPOSALS = "hemostat:proposals"  # zset: id -> created_at
+PROPOSALS_PENDING = "hemostat:proposals:pending"  # zset: id -> expires_at
+PROPOSAL_BY_REQUEST = "hemostat:proposal:req:"  # string: request key -> proposal id
