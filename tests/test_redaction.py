@@ -224,3 +224,30 @@ def test_a_bare_aws_secret_is_masked_next_to_its_key_id_only():
 )
 def test_more_secret_key_names(key, secret):
     assert is_secret_key(key) is secret
+
+
+# ---------------------------------------------------------------- callers: redact, then cut
+
+
+def test_audit_records_mask_guard_details_and_reasons():
+    from shared import audit
+
+    record = audit.AuditRecord(
+        at=1.0,
+        actor="responder:x",
+        event="rejected",
+        outcome="rejected",
+        guards=[
+            audit.GuardResult(guard="target_policy", passed=True, detail="allowed"),
+            audit.GuardResult(guard="exec", passed=False, detail=f"argv had {TOKEN}"),
+            audit.GuardResult(guard="env", passed=False, detail="value canary-a81f found"),
+        ],
+        reason=f"exec failed: mysql -u root -pS3cr3tPw9 app; {'z' * 1990} {TOKEN}",
+    )
+    out = audit.redact(record, Redactor(["canary-a81f"]))
+    text = out.model_dump_json()
+    for leak in (TOKEN[4:12], "S3cr3tPw9", "canary-a81f"):
+        assert leak not in text
+    assert out.guards[0].detail == "allowed"
+    assert len(out.reason) <= audit.REASON_MAX
+    assert record.guards[1].detail.endswith(TOKEN), "the caller's record is left alone"
