@@ -251,3 +251,52 @@ def test_audit_records_mask_guard_details_and_reasons():
     assert out.guards[0].detail == "allowed"
     assert len(out.reason) <= audit.REASON_MAX
     assert record.guards[1].detail.endswith(TOKEN), "the caller's record is left alone"
+
+
+async def test_analyzer_log_evidence_is_redacted_across_lines_then_cut():
+    from agents.analyzer.diagnostics import DiagnosticsCollector
+    from shared.runbooks import Runbook
+    from tests.support import factories
+
+    class Docker:
+        async def inspect_raw(self, container):
+            return {"Config": {"Env": ["APP_SECRET_VALUE=plainvalue42"]}}
+
+        async def logs_tail(self, container, tail):
+            return ["boot", *KEY, "q" * 490 + f" {TOKEN}", "saw plainvalue42"]
+
+    runbook = Runbook.model_validate(
+        {
+            "id": "rb",
+            "version": 1,
+            "match": {"kinds": ["crash"]},
+            "diagnostics": [{"type": "logs", "tail": 50}],
+            "actions": [{"id": "notify", "type": "none"}],
+            "default_action": "notify",
+        }
+    )
+    collector = DiagnosticsCollector(Docker(), Redactor())  # type: ignore[arg-type]
+    evidence, _ = await collector.collect(factories.health_alert("c1"), runbook)
+    logs = evidence["logs"].split("\n")
+    assert_no_key_body(logs)
+    assert TOKEN[4:12] not in evidence["logs"]
+    assert all(len(line) <= 500 for line in logs)
+    assert logs[-1] == f"saw {MASK}"
+
+
+async def test_a_channel_error_body_is_redacted_before_it_is_cut():
+    import httpx
+
+    from agents.alert.channels import Limits, SlackChannel
+    from agents.alert.message import render
+    from tests.support import factories
+
+    body = "e" * 185 + f" {TOKEN}"
+    transport = httpx.MockTransport(lambda request: httpx.Response(400, text=body))
+    async with httpx.AsyncClient(transport=transport) as http:
+        channel = SlackChannel(
+            http, "http://slack.invalid/hook", Limits(max_attempts=1), Redactor()
+        )
+        delivery = await channel.deliver(render(factories.remediation_complete()))
+    assert delivery.status == "failed" and delivery.detail.startswith("HTTP 400: eee")
+    assert TOKEN[4:12] not in delivery.detail

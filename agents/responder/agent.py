@@ -611,7 +611,7 @@ class ResponderAgent(BaseAgent):
             container=request.subject.display,
             action=action.id,
             dry_run=dry_run,
-            reason=reason[:200],
+            reason=self.redactor.clip(reason, 200),
             proposal=work.proposal.id if work.proposal else None,
         )
 
