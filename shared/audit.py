@@ -1,6 +1,7 @@
 """The audit log: an append-only Redis stream of every Responder decision — executed, dry-run,
 rejected, and every approval transition — with its inputs, actor and outcome. Trimmed by age
-(XTRIM MINID), never to a fixed handful of entries."""
+(XTRIM MINID), never to a fixed handful of entries. The reason and every guard's detail are
+redacted on the way in: they quote container state and error text, and the stream outlives logs."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from shared.model import Model
+from shared.redaction import Redactor
 
 AUDIT_STREAM = "hemostat:audit"
+REASON_MAX = 2000
+_PATTERNS = Redactor()  # key names and token shapes, when the caller has no configured redactor
 
 
 class GuardResult(Model):
@@ -42,7 +46,21 @@ class AuditRecord(Model):
     durations_ms: dict[str, float] = Field(default_factory=dict)
 
 
-async def append(redis: Redis, record: AuditRecord) -> str:
+def redact(record: AuditRecord, redactor: Redactor | None = None) -> AuditRecord:
+    """The record with its reason and guard details redacted (then cut), the rest as it was."""
+    r = redactor or _PATTERNS
+    return record.model_copy(
+        update={
+            "reason": r.clip(record.reason, REASON_MAX),
+            "guards": [g.model_copy(update={"detail": r.text(g.detail)}) for g in record.guards],
+        }
+    )
+
+
+async def append(redis: Redis, record: AuditRecord, redactor: Redactor | None = None) -> str:
+    """Append the redacted record; pass the caller's redactor so configured secrets and the
+    container's environment values are masked too, not only recognisable shapes."""
+    record = redact(record, redactor)
     entry_id = await redis.xadd(AUDIT_STREAM, {"record": record.model_dump_json()})
     return str(entry_id)
 

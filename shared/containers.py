@@ -129,7 +129,8 @@ def parse_inspect(data: dict[str, Any]) -> ContainerInfo:
         cpu_limit = float(_count_cpuset(host["CpusetCpus"]))
     exit_code = state.get("ExitCode")
     probes = (state.get("Health") or {}).get("Log") or []
-    health_output = str(probes[-1].get("Output", "")).strip()[:500] if probes else None
+    # Not cut here: Docker keeps at most 4 KiB, and the Monitor redacts before it cuts.
+    health_output = str(probes[-1].get("Output", "")).strip() if probes else None
     return ContainerInfo(
         id=data["Id"],
         name=(data.get("Name") or "").lstrip("/"),

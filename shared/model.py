@@ -22,7 +22,7 @@ def describe_validation_error(exc: ValidationError, env_prefix: str = "", limit:
             where = f"{env_prefix}{where.upper()}"
         got = err.get("input")
         hidden = isinstance(got, dict | list) or got is None or is_secret_key(where)
-        shown = "" if hidden else f" (got {Redactor().text(str(got)[:60])!r})"
+        shown = "" if hidden else f" (got {Redactor().clip(str(got), 60)!r})"
         parts.append(f"{where}: {err['msg']}{shown}")
     more = len(exc.errors()) - limit
     if more > 0:

@@ -159,7 +159,7 @@ class HttpChannel(Channel):
             raise _Retryable("HTTP 429 rate limited", retry_after(response) or 1.0)
         if status >= 500:
             raise _Retryable(f"HTTP {status}")
-        raise _Permanent(f"HTTP {status}: {self.redactor.text(response.text[:200])}")
+        raise _Permanent(f"HTTP {status}: {self.redactor.clip(response.text, 200)}")
 
 
 class SlackChannel(HttpChannel):

@@ -206,8 +206,10 @@ class AnalyzerAgent(BaseAgent):
         prompt: prompts.Prompt,
     ) -> Decision:
         self.counts["llm_fallbacks"] += 1
-        self.log.warning("analyzer.llm_fallback", reason=reason, detail=detail[:300])
-        decision = self._from_rules(rules, started, f"{reason}: {self.redactor.text(detail)}"[:300])
+        self.log.warning(
+            "analyzer.llm_fallback", reason=reason, detail=self.redactor.clip(detail, 300)
+        )
+        decision = self._from_rules(rules, started, self.redactor.clip(f"{reason}: {detail}", 300))
         analysis = decision.analysis.model_copy(
             update={"model": describe_client(self.llm), "prompt_hash": prompt.inputs_hash}
         )

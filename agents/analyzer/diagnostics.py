@@ -81,7 +81,7 @@ class DiagnosticsCollector:
                     out["inspect"] = redact_inspect(picked, redactor)
                 elif isinstance(diagnostic, LogsDiagnostic) and container and self.docker:
                     lines = await self.docker.logs_tail(container, diagnostic.tail)
-                    out["logs"] = "\n".join(redactor.lines(line[:500] for line in lines))
+                    out["logs"] = "\n".join(redactor.lines(lines, max_len=500))
                 elif isinstance(diagnostic, PromQLDiagnostic) and self.prometheus_url and self.http:
                     out[f"promql:{diagnostic.name}"] = await self._promql(alert, diagnostic)
             except (DockerError, httpx.HTTPError, ValueError, TimeoutError) as exc:

@@ -49,6 +49,7 @@ SEEN_PREFIX = "hemostat:alertmanager:seen:"
 SEEN_TTL_S = 7 * 86_400
 RECONCILE_LOOKBACK_S = 300.0  # on first start, crashes this recent are still reported
 EVENT_ACTIONS = ("die", "oom", "kill", "start", "destroy")
+SUMMARY_MAX = 500  # an alert summary, cut after redaction (a probe's output can be 4 KiB)
 _END = object()
 SAMPLE_FIELDS = (
     "cpu_percent",
@@ -443,7 +444,7 @@ class MonitorAgent(BaseAgent):
             kind=draft.kind,
             status=draft.status,
             detector=draft.detector,
-            summary=redactor.text(draft.summary),
+            summary=redactor.clip(draft.summary, SUMMARY_MAX),
             metrics=draft.metrics,
             thresholds=draft.thresholds,
             exit_code=draft.exit_code,
@@ -452,7 +453,7 @@ class MonitorAgent(BaseAgent):
             health_status=info.health,
             image=info.image,
             labels=redactor.data(info.labels),
-            log_tail=redactor.lines(line[:500] for line in logs),
+            log_tail=redactor.lines(logs, max_len=500),
         )
         event = make_event(
             HealthAlertEvent,
@@ -550,7 +551,7 @@ class MonitorAgent(BaseAgent):
         )
         payload = external.payload.model_copy(
             update={
-                "summary": self.redactor.text(external.payload.summary),
+                "summary": self.redactor.clip(external.payload.summary, SUMMARY_MAX),
                 "annotations": self.redactor.data(external.payload.annotations),
                 "labels": self.redactor.data(external.payload.labels),
             }

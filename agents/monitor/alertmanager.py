@@ -119,7 +119,7 @@ def convert(alert: AMAlert) -> ExternalAlert:
         kind=AlertKind.EXTERNAL,
         status=AlertStatus.RESOLVED if resolved else AlertStatus.FIRING,
         detector=Detector.ALERTMANAGER,
-        summary=summary[:500],
+        summary=summary,  # cut to SUMMARY_MAX by the Monitor after redaction
         labels=dict(labels),
         annotations=dict(alert.annotations),
         alertname=alert.alertname,

@@ -522,7 +522,7 @@ class ResponderAgent(BaseAgent):
     ) -> None:
         request = work.request
         p = request.payload
-        why = verdict.reason
+        why = self.redactor.clip(verdict.reason, 500)
         proposal = await self.approvals.create(request, action.approval.timeout_s, why)
         work.proposal = proposal
         ask = make_event(
@@ -538,7 +538,7 @@ class ResponderAgent(BaseAgent):
                 alert_kind=p.alert_kind,
                 expires_at=to_datetime(proposal.expires_at),
                 analysis=p.analysis,
-                evidence=self.redactor.text(f"{why}. Root cause: {p.analysis.root_cause}")[:2000],
+                evidence=self.redactor.clip(f"{why}. Root cause: {p.analysis.root_cause}", 2000),
                 approve_command=proposal.approve_command,
                 deny_command=proposal.deny_command,
             ),
@@ -763,7 +763,7 @@ class ResponderAgent(BaseAgent):
             request.subject.container_name or "",
         )
         duration_ms = round(max(0.0, time.time() - work.received_at) * 1000, 1)
-        reason = self.redactor.text(reason)[:2000]
+        reason = self.redactor.clip(reason, 2000)
         proposal_id = work.proposal.id if work.proposal else None
         complete = make_event(
             RemediationCompleteEvent,
@@ -814,14 +814,14 @@ class ResponderAgent(BaseAgent):
             action_id=action.id,
             action_type=action.type,
             params=action.params.model_dump(mode="json"),
-            guards=[
-                g.model_copy(update={"detail": self.redactor.text(g.detail)})
-                for g in verdict.guards
-            ],
+            guards=list(verdict.guards),
             dry_run=dry_run,
             reason=reason,
             durations_ms={"total": duration_ms, **work.timings},
         )
+        # Guard details and reasons may quote the container: mask its environment values too.
+        redactor = self.redactor.scoped(info.secret_values) if info else self.redactor
+        record = audit.redact(record, redactor)
         result = await self.requests.finish(
             work.record_key,
             outcome_json=complete.model_dump_json(),
@@ -843,7 +843,7 @@ class ResponderAgent(BaseAgent):
                 container=request.subject.display,
                 action=action.id,
                 dry_run=dry_run,
-                reason=reason[:200],
+                reason=self.redactor.clip(reason, 200),
                 proposal=proposal_id,
             )
 
