@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help install services test-image lint format test e2e bench run up down demo clean
+.PHONY: help install services test-image images lint format test e2e bench run up down demo clean fresh-machine
 
 help:
 	@echo "make run    - run every agent and the dashboard locally (dry-run by default)"
@@ -30,6 +30,13 @@ services:
 test-image: install services
 	$(PY) -c 'from tests.support.services import docker_client, ensure_test_image; print(ensure_test_image(docker_client()))'
 
+# Minutes on a fresh machine (debootstrap, Debian packages, wheels), seconds once cached: a step of
+# its own with visible progress, never inside a test's timeout.
+images: install services
+	PYTHON=$(PY) scripts/offline-images.sh python redis nginx prometheus alertmanager busybox wheels
+	@echo "[images] building hemostat:latest (the agent image)"
+	DOCKER_BUILDKIT=0 docker build --build-arg PIP_NO_INDEX=1 -t hemostat:latest .
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -39,10 +46,10 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: install services test-image
+test: install services test-image images
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-e2e: install services
+e2e: install services images
 	scripts/ensure-services.sh compose
 	$(PY) -m pytest -m compose tests/compose -s $(PYTEST_ARGS)
 
@@ -66,3 +73,7 @@ down:
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .state
+
+# The README's two commands on a clean clone with nothing cached (venv, images, .state), timed.
+fresh-machine:
+	scripts/fresh-machine.sh

@@ -33,7 +33,7 @@ from tests.conftest import make_settings
 from tests.support import factories
 from tests.support.bus import wait_until
 from tests.support.fake_llm import FakeLLM, Reply, verdict
-from tests.support.streams import events_on
+from tests.support.streams import acknowledged, events_on
 
 pytestmark = pytest.mark.redis
 RUNBOOKS = load_runbooks(Path(__file__).parent.parent / "runbooks")
@@ -41,7 +41,15 @@ CANARY = "canary-8d2f61ab"
 
 
 @contextlib.asynccontextmanager
-async def analyzer(redis, redis_url, fake=None, provider="anthropic", docker_client=None, **kw):
+async def analyzer(
+    redis,
+    redis_url,
+    fake=None,
+    provider="anthropic",
+    docker_client=None,
+    agent_class=AnalyzerAgent,
+    **kw,
+):
     extra = {}
     if fake is not None:
         extra = {
@@ -59,7 +67,7 @@ async def analyzer(redis, redis_url, fake=None, provider="anthropic", docker_cli
     diagnostics = None
     if docker_client is not None:
         diagnostics = DiagnosticsCollector(DockerGateway(docker_client), redactor)
-    agent = AnalyzerAgent(
+    agent = agent_class(
         settings=settings,
         redis=redis,
         runbooks=RUNBOOKS,
@@ -164,10 +172,13 @@ async def test_incident_stays_open_while_another_kind_still_fires(redis, redis_u
         )
         made = await wait_decisions(redis, 2)
         incident = made[0].incident_id
-        await bus.publish(
+        entry = await bus.publish(
             factories.health_alert("c1", AlertKind.UNHEALTHY, status=AlertStatus.RESOLVED)
         )
-        await asyncio.sleep(0.5)
+        await wait_until(
+            lambda: acknowledged(redis, Channel.HEALTH_ALERT, "analyzer", entry),
+            what="the resolution handled",
+        )
         assert await _status(redis, incident, "open")
         await bus.publish(
             factories.health_alert("c1", AlertKind.HIGH_CPU, status=AlertStatus.RESOLVED)
@@ -175,15 +186,47 @@ async def test_incident_stays_open_while_another_kind_still_fires(redis, redis_u
         await wait_until(lambda: _status(redis, incident, "resolved"), timeout=10)
 
 
+class CrashesAfterDeciding(AnalyzerAgent):
+    """Publishes its decision, then dies before the message is acknowledged (the first time)."""
+
+    crashed = 0
+
+    async def handle(self, event):
+        await super().handle(event)
+        if not type(self).crashed:
+            type(self).crashed += 1
+            raise RuntimeError("killed after publishing, before the ack")
+
+
 async def test_a_redelivered_alert_gets_one_decision(redis, redis_url):
+    """The same stream entry delivered again (XCLAIM: the consumer's retry after a crash), after
+    its decision was already published, gives no second decision."""
+    bus = Bus(redis)
+    alert = factories.health_alert("c1", AlertKind.CRASH, idempotency_key="docker:c1:die:123")
+    async with analyzer(redis, redis_url, agent_class=CrashesAfterDeciding):
+        entry = await bus.publish(alert)
+        await wait_until(
+            lambda: acknowledged(redis, Channel.HEALTH_ALERT, "analyzer", entry),
+            what="the redelivery handled and acknowledged",
+        )
+    assert CrashesAfterDeciding.crashed == 1
+    [info] = await redis.xinfo_consumers(Channel.HEALTH_ALERT, "analyzer")
+    assert info["pending"] == 0
+    assert len(await decisions(redis)) == 1
+
+
+async def test_a_twin_alert_from_a_second_monitor_gets_one_decision(redis, redis_url):
     bus = Bus(redis)
     alert = factories.health_alert("c1", AlertKind.CRASH, idempotency_key="docker:c1:die:123")
     async with analyzer(redis, redis_url):
         await bus.publish(alert)
         await wait_decisions(redis, 1)
         twin = factories.health_alert("c1", AlertKind.CRASH, idempotency_key="docker:c1:die:123")
-        await bus.publish(twin)  # e.g. a second Monitor replica saw the same Docker event
-        await asyncio.sleep(0.5)
+        entry = await bus.publish(twin)  # a second Monitor replica saw the same Docker event
+        await wait_until(
+            lambda: acknowledged(redis, Channel.HEALTH_ALERT, "analyzer", entry),
+            what="the twin handled",
+        )
     assert len(await decisions(redis)) == 1
 
 
@@ -271,7 +314,9 @@ async def test_secrets_never_reach_the_llm_and_injection_stays_data(
         labels=run_label,
         detach=True,
     )
-    await asyncio.sleep(0.5)
+    await wait_until(
+        lambda: "wipe-disk" in container.logs().decode(), what="the container wrote its logs"
+    )
     # The model "obeys" the injected text: HemoStat must refuse its answer.
     fake.default = Reply(text=verdict(action_id="wipe-disk", confidence=0.99))
     client = docker_sdk.from_env()

@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -16,6 +17,7 @@ import pytest
 from redis.asyncio import Redis
 
 from shared.approvals import ApprovalStore, ProposalState
+from shared.container_state import ContainerSnapshot, write_snapshots
 from shared.redis_server import free_port
 from tests.support.dashboard_seed import seed
 from tests.support.services import unavailable
@@ -80,6 +82,17 @@ def wait_healthy(url: str) -> None:
     raise AssertionError("the dashboard did not start")
 
 
+async def add_container(redis_url: str, name: str) -> None:
+    client = Redis.from_url(redis_url, decode_responses=True)
+    try:
+        snapshot = ContainerSnapshot(
+            id="f" * 64, name=name, host="h1", state="running", updated_at=time.time()
+        )
+        await write_snapshots(client, [snapshot], ttl_s=600)
+    finally:
+        await client.aclose()
+
+
 def test_dashboard_in_a_real_browser(redis_url, monkeypatch):
     from playwright.sync_api import expect, sync_playwright
 
@@ -115,6 +128,14 @@ def test_dashboard_in_a_real_browser(redis_url, monkeypatch):
             expect(page.locator('[data-testid="stMultiSelect"]').first).to_be_visible()
             page.wait_for_timeout(1000)  # let the grid paint before the screenshot
             page.screenshot(path=str(ARTIFACTS / "dashboard-containers.png"), full_page=True)
+
+            # A container appears while the page is open: the refresh shows it, no reload.
+            # (Playwright's sync API owns this thread's event loop: write from another thread.)
+            with ThreadPoolExecutor(1) as pool:
+                pool.submit(asyncio.run, add_container(redis_url, "shop-cache-1")).result()
+            expect(page.get_by_text("4 of 4 containers")).to_be_visible(timeout=20_000)
+            # (the grid draws on a canvas; its accessible cells say what it shows)
+            expect(page.locator('[role="gridcell"]', has_text="shop-cache-1")).to_have_count(1)
 
             page.get_by_text("Incidents", exact=True).click()
             expect(page.get_by_text(f"Timeline of {seeded.incident_id}")).to_be_visible(

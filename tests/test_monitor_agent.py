@@ -15,7 +15,7 @@ import pytest
 from agents.cli import main as cli_main
 from agents.monitor.agent import MonitorAgent
 from agents.monitor.cgroups import CgroupReader
-from shared.container_state import DEATHS_PREFIX, read_snapshots
+from shared.container_state import DEATHS_PREFIX, SAMPLES_PREFIX, read_snapshots
 from shared.docker_api import DockerGateway
 from shared.events import AlertKind, AlertStatus
 from tests.conftest import make_settings
@@ -114,8 +114,10 @@ async def test_each_failure_mode_gives_its_alert_and_a_healthy_container_none(
         await wait_until(lambda: _has(kinds(unhealthy), AlertKind.UNHEALTHY), timeout=20)
         await wait_until(lambda: _has(kinds(oom), AlertKind.OOM_KILLED), timeout=20, what="oom")
         await wait_until(lambda: _has(kinds(burner), AlertKind.HIGH_CPU), timeout=30, what="cpu")
-        # The healthy container has been polled several times by now: still nothing for it.
-        await asyncio.sleep(1.5)
+        # The healthy container has been polled and sampled three times: still nothing for it.
+        await wait_until(
+            lambda: _samples(redis, healthy.id, 3), timeout=20, what="three polls of it"
+        )
         assert await alerts_for(redis, healthy.id) == []
 
         [crash_alert] = await alerts_for(redis, crash.id)
@@ -164,13 +166,17 @@ async def _has(kinds_coro, kind):
     return kind in await kinds_coro
 
 
+async def _samples(redis, container_id, n):
+    return await redis.xlen(SAMPLES_PREFIX + container_id) >= n
+
+
 async def test_deliberate_stop_is_not_an_alert_and_recovery_resolves(
     redis, redis_url, docker, test_image, run_label
 ):
     healthcheck = {"test": ["CMD-SHELL", "test -f /tmp/ok"], "interval": 300_000_000, "retries": 1}
     async with running_monitor(redis, redis_url):
         stopped = run(docker, test_image, run_label, ["sleep", "600"])
-        await asyncio.sleep(0.5)
+        await wait_until(lambda: _samples(redis, stopped.id, 1), what="the Monitor saw it run")
         await asyncio.to_thread(stopped.stop, timeout=1)
         flaky = run(docker, test_image, run_label, ["sleep", "600"], healthcheck=healthcheck)
 

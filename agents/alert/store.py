@@ -1,7 +1,7 @@
 """What the Alert agent keeps in Redis: deduplication windows, the event history the dashboard
 reads, and a log of every delivery attempt.
 
-- `hemostat:alert:dedup:<key>`      present while a message for key is within its window
+- `hemostat:alert:dedup:<key>`      when the current window for key ends (unix seconds)
 - `hemostat:alert:suppressed:<key>` duplicates suppressed since the last message for key
 - `hemostat:history`                every event seen (bounded by length and age)
 - `hemostat:history:<type>`         the same, per event type
@@ -25,8 +25,13 @@ HISTORY = "hemostat:history"
 HISTORY_PREFIX = "hemostat:history:"
 NOTIFICATIONS = "hemostat:notifications"
 
+# The window's end is a stored value compared with the caller's `now`, so replicas agree and a
+# test moves a clock instead of sleeping through the window.
 _ADMIT = """
-if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then
+local ends = tonumber(redis.call('GET', KEYS[1]) or '0')
+local now = tonumber(ARGV[1])
+if ends <= now then
+  redis.call('SET', KEYS[1], ARGV[1] + ARGV[2], 'EX', math.ceil(ARGV[2]) + 86400)
   local n = tonumber(redis.call('GET', KEYS[2]) or '0')
   redis.call('DEL', KEYS[2])
   return {1, n}
@@ -52,13 +57,13 @@ class AlertStore:
         self.notifications_maxlen = notifications_maxlen
         self._admit = redis.register_script(_ADMIT)
 
-    async def admit(self, key: str, window_s: float) -> tuple[bool, int]:
+    async def admit(self, key: str, window_s: float, now: float) -> tuple[bool, int]:
         """(send?, duplicates suppressed before it). The first message of a window goes out and
         reports how many were suppressed in the previous one; the rest are counted."""
         if window_s <= 0:
             return True, 0
         result: list[Any] = await self._admit(
-            keys=[DEDUP_PREFIX + key, SUPPRESSED_PREFIX + key], args=[int(window_s * 1000)]
+            keys=[DEDUP_PREFIX + key, SUPPRESSED_PREFIX + key], args=[f"{now:.6f}", window_s]
         )
         return bool(int(result[0])), int(result[1])
 

@@ -131,6 +131,7 @@ class MonitorAgent(BaseAgent):
             "outbox": len(self.outbox),
             "last_poll_s": self.last_poll_s,
             "stats_source": "cgroup" if self.cgroups else "api",
+            "events_subscribed": self._connected.is_set(),
         }
 
     async def _refresh_host_info(self) -> None:

@@ -33,3 +33,17 @@ async def acknowledged(redis: Any, channel: str, group: str, entry_id: str) -> b
         return False
     pending = await redis.xpending_range(channel, group, min=entry_id, max=entry_id, count=1)
     return not pending
+
+
+def settled(redis: Any) -> bool:
+    """(sync client) Every consumer group of every hemostat stream has read everything and
+    acknowledged it: the system has finished with every event published so far. After an
+    outcome, a test waits for this before checking that nothing else happened."""
+    for channel in Channel:
+        if not redis.exists(channel):
+            continue
+        last = str(redis.xinfo_stream(channel)["last-generated-id"])
+        for group in redis.xinfo_groups(channel):
+            if int(group["pending"]) or _id(str(group["last-delivered-id"])) < _id(last):
+                return False
+    return True
