@@ -239,7 +239,9 @@ class EventStream:
         self._lock = threading.Lock()
         self._closed = False
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def open(self) -> None:
+        """Subscribe now (blocking): once this returns, the daemon sends every later event, so a
+        caller can subscribe first and then look at the current state, losing nothing between."""
         try:
             stream = self._api.events(since=self._since, filters=self._filters, decode=True)
         except (DockerException, requests.exceptions.RequestException, OSError) as exc:
@@ -247,9 +249,16 @@ class EventStream:
         with self._lock:
             if self._closed:
                 stream.close()
-                return iter(())
+                return
             self._stream = stream
-        return iter(stream)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self._stream is None:
+            self.open()
+        with self._lock:
+            if self._closed or self._stream is None:
+                return iter(())
+            return iter(self._stream)
 
     def close(self) -> None:
         with self._lock:

@@ -8,6 +8,7 @@ from __future__ import annotations
 __all__ = [
     "ACTIONS",
     "DEATHS",
+    "DEFERRED",
     "GUARD",
     "LEASE",
     "PROPOSAL",
@@ -22,6 +23,7 @@ __all__ = [
 # ---- Responder: one record per request (idempotency), scheduled verifications, guard state
 REQUEST = "hemostat:responder:req:"  # hash: phase, claim, outcome, verification plan
 VERIFY_DUE = "hemostat:responder:verify"  # zset: request record key -> next check (unix s)
+DEFERRED = "hemostat:responder:deferred"  # zset: request record key -> when to decide again
 LEASE = "hemostat:lease:"  # string: the token of who acts on a container (SET NX PX)
 GUARD = "hemostat:guard:"  # hash per container: cooldown_until:<type>, failures:<type>, ...
 ACTIONS = "hemostat:actions:"  # zset per container: executed actions (circuit breaker)

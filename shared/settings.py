@@ -300,6 +300,11 @@ class ResponderSettings(_Section):
     responder_verify_poll_s: float = Field(
         default=0.25, gt=0, description="How often scheduled verifications look at containers."
     )
+    responder_defer_poll_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="A request for a container another action holds is decided again this often.",
+    )
     responder_sweep_interval_s: float = Field(
         default=5.0, gt=0, description="How often approved and executing proposals are checked."
     )

@@ -59,6 +59,8 @@ def make_settings(redis_url: str, **overrides: Any) -> Settings:
         "heartbeat_interval_s": 0.2,
         "heartbeat_ttl_s": 2.0,
         "shutdown_grace_s": 5.0,
+        # Test containers only: nothing else on this engine is watched or touched.
+        "watch_label": "hemostat.test",
     }
     return Settings(_env_file=None, **(defaults | overrides))  # type: ignore[call-arg]
 

@@ -111,6 +111,7 @@ async def webhook(redis, redis_url):
         redis_url,
         webhook_port=port,
         webhook_host="127.0.0.1",
+        watch_label="hemostat.test=no-container",  # the webhook only: no Docker alerts here
         webhook_token="s3cret-token",
         monitor_poll_interval_s=60,
     )

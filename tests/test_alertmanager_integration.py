@@ -31,8 +31,13 @@ async def test_alertmanager_delivers_to_the_monitor_webhook(redis, redis_url, tm
     if binary is None:
         unavailable("prometheus-alertmanager not installed (make test installs it)")
     hook_port, am_port = free_port(), free_port()
-    settings = make_settings(redis_url, webhook_port=hook_port, webhook_host="127.0.0.1",
-                             monitor_poll_interval_s=60)  # fmt: skip
+    settings = make_settings(
+        redis_url,
+        webhook_port=hook_port,
+        webhook_host="127.0.0.1",
+        watch_label="hemostat.test=no-container",  # the webhook only: no Docker alerts here
+        monitor_poll_interval_s=60,
+    )
     client = docker_sdk.from_env()
     monitor = MonitorAgent(
         settings=settings, redis=redis, docker=DockerGateway(client), cgroups=CgroupReader()

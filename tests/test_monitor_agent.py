@@ -228,7 +228,9 @@ async def test_daemon_restart_is_resubscribed(redis, redis_url, tmp_path):
             assert monitor.status.value == "ok"
             fresh = engine.client()
             try:
-                crash = fresh.containers.run(image, ["sh", "-c", "exit 7"], detach=True)
+                crash = fresh.containers.run(
+                    image, ["sh", "-c", "exit 7"], detach=True, labels={"hemostat.test": "engine"}
+                )
 
                 async def crashed():
                     return any(

@@ -197,10 +197,12 @@ def test_target_policy_refuses_the_responders_own_container_and_a_missing_one():
     assert "does not exist" in missing.reason
 
 
-def test_lease_holds_when_another_replica_holds_it():
+def test_lease_holds_when_another_action_is_in_flight_and_defers_the_request():
     verdict = decide(lease_acquired=False, lease_holder="responder:r2:abcd")
-    assert (verdict.kind, verdict.guard) == (VerdictKind.REJECT, "lease")
+    assert (verdict.kind, verdict.guard) == (VerdictKind.DEFER, "lease")
     assert "r2" in verdict.reason
+    later = decide(lease_acquired=False, lease_holder="r2", req=request(detected=T - 601))
+    assert later.guard == "stale", "a deferred request still goes stale"
 
 
 def test_cooldown_holds_until_its_stored_end_then_lets_through():

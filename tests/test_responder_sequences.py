@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from shared import keys
 from shared.approvals import ApprovalStore, ProposalState, decide
 from shared.bus import Bus
 from shared.docker_api import DockerGateway
@@ -135,14 +136,24 @@ async def test_2_a_lease_that_cannot_be_renewed_never_lets_a_second_action_throu
             async with running_responder(redis, redis_url, folder, instance="other"):
                 second = request(rbs, c, "restart")
                 await Bus(redis).publish(second)
-                refused = await outcome(redis, second.id)
-                assert refused.payload.status is RemediationStatus.REJECTED, refused.payload
-                assert refused.payload.guard in ("lease", "cooldown")
+                record = keys.REQUEST + second.idempotency_key
+
+                async def deferred() -> bool:
+                    return bool(await redis.hget(record, "deferred"))
+
+                await wait_until(deferred, what="the second request waits for the first")
                 assert restart_events(docker, c.id, since) == 1, "no second action in flight"
-            proxy.restore()
-            c.exec_run(["touch", "/tmp/ok"])
-            done = await outcome(redis, first.id, timeout=60)
-            assert done.payload.status is RemediationStatus.SUCCEEDED, done.payload.reason
+                assert await completions(redis, second.id) == [], "not refused, not acted on"
+                proxy.restore()
+                c.exec_run(["touch", "/tmp/ok"])
+                done = await outcome(redis, first.id, timeout=60)
+                assert done.payload.status is RemediationStatus.SUCCEEDED, done.payload.reason
+                # Decided once the first was over: the restart it booked holds it.
+                later = await outcome(redis, second.id, timeout=30)
+                assert (later.payload.status, later.payload.guard) == (
+                    RemediationStatus.REJECTED,
+                    "cooldown",
+                )
     finally:
         await cut_off.aclose()
         await proxy.stop()

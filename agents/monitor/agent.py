@@ -161,6 +161,12 @@ class MonitorAgent(BaseAgent):
             # Subscribe first, then reconcile: nothing can fall between the two.
             stream = self.docker.events(since=since, label=self.settings.watch_label)
             self._stream = stream
+            try:
+                await asyncio.to_thread(stream.open)
+            except DockerError as exc:
+                self.set_degraded("docker", str(exc))
+                await self.sleep(0.5)
+                continue
             queue: asyncio.Queue[Any] = asyncio.Queue()
             pump = self._start_pump(stream, queue)
             await self._refresh_host_info()

@@ -12,6 +12,7 @@ again right before executing.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,9 +37,10 @@ from agents.responder.core import (
 )
 from agents.responder.executor import Executor, Prepared
 from agents.responder.store import GateRefused, RequestStore, ResponderState
-from shared import audit
+from shared import audit, keys
 from shared.actions import Action, ActionType
 from shared.approvals import ApprovalStore, Proposal, ProposalState
+from shared.backoff import backoff_delay
 from shared.bus import current_delivery
 from shared.clock import to_datetime
 from shared.containers import ContainerInfo, own_container_id
@@ -272,10 +274,68 @@ class ResponderAgent(BaseAgent):
                         return
                     gated = await self._act(work, verdict, info, declared, token)
                     return
+                if verdict.kind is VerdictKind.DEFER:
+                    await self._defer(work, verdict, approved)
+                    return
                 await self._conclude(work, verdict, info, declared)
         finally:
             if acquired and not gated:
                 await self.state.release(info.id, token)
+
+    async def _defer(self, work: Work, verdict: Verdict, approved: bool) -> None:
+        """Decide again shortly: the action in flight on this container may change everything
+        (it may have died again, which is what this request is about)."""
+        context = {
+            "request": work.request.model_dump_json(),
+            "actor": work.actor,
+            "proposal_id": work.proposal.id if work.proposal else None,
+            "causation_id": work.causation_id,
+            "approved": approved,
+            "received_at": work.received_at,
+        }
+        await self.requests.defer(
+            work.record_key, context, self.clock.time() + self.settings.responder_defer_poll_s
+        )
+        self.log.info("responder.deferred", request=work.request.id, reason=verdict.reason)
+
+    async def _redecide(self, record_key: str) -> None:
+        record = await self.requests.load(record_key)
+        raw = record.data.get("deferred")
+        if record.phase != "received" or not raw:
+            await self.requests.undefer(record_key)
+            if record.phase == "done":
+                await self._deliver(record_key)
+            return
+        ctx = json.loads(raw)
+        request = parse_event(ctx["request"])
+        assert isinstance(request, RemediationNeededEvent)
+        holder = self.state.new_token(self.instance)
+        claim = await self.requests.claim(
+            record_key, record.data.get("entry", ""), holder, self.clock.time()
+        )
+        proposal = await self.approvals.get(ctx["proposal_id"]) if ctx.get("proposal_id") else None
+        work = Work(
+            request,
+            ctx["actor"],
+            record_key,
+            holder,
+            proposal,
+            ctx.get("causation_id"),
+            received_at=float(ctx.get("received_at") or time.time()),
+        )
+        try:
+            await self._decide(work, claim, approved=bool(ctx.get("approved")))
+        except DockerUnavailable as exc:
+            age = self.clock.time() - work.received_at
+            if age <= self.limits.max_request_age_s:
+                raise  # the hold lapses and it is decided again
+            await self._finish(
+                work,
+                Verdict(kind=VerdictKind.REJECT),
+                RemediationStatus.FAILED,
+                reason=f"Docker stayed unreachable ({exc}); nothing was done",
+                action=request.payload.action,
+            )
 
     async def _on_early(self, work: Work, verdict: Verdict) -> None:
         if verdict.kind is VerdictKind.DUPLICATE:
@@ -410,25 +470,34 @@ class ResponderAgent(BaseAgent):
             detail=issued.detail,
             ms=took,
         )
-        try:
-            if issued.final or not issued.ok:
-                await self._finish_executed(
-                    record_key,
-                    ok=issued.ok,
-                    detail=issued.detail,
-                    output=issued.output,
-                    verified=issued.verified,
-                    action_ms=took,
-                )
-            else:
-                await self.requests.mark(
-                    record_key, issued="1", issued_detail=issued.detail, action_ms=str(took)
-                )
-                await self.requests.schedule(record_key, self.clock.time())
-        except CONNECTION_ERRORS as exc:
-            # The verification schedule still holds it: it is finished at its deadline at the
-            # latest, by this replica or another one.
-            self.log.error("responder.issue_not_recorded", record=record_key, error=str(exc))
+        deadline = prepared.plan.deadline if prepared.plan else self.clock.time()
+        attempt = 0
+        while True:
+            try:
+                if issued.final or not issued.ok:
+                    await self._finish_executed(
+                        record_key,
+                        ok=issued.ok,
+                        detail=issued.detail,
+                        output=issued.output,
+                        verified=issued.verified,
+                        action_ms=took,
+                    )
+                else:
+                    await self.requests.mark(
+                        record_key, issued="1", issued_detail=issued.detail, action_ms=str(took)
+                    )
+                    await self.requests.schedule(record_key, self.clock.time())
+                return
+            except CONNECTION_ERRORS as exc:
+                # Redis is away: keep trying. If it stays away past the deadline (or this
+                # replica stops), the verification schedule finishes it, here or elsewhere.
+                attempt += 1
+                self.log.warning("responder.issue_not_recorded", record=record_key, error=str(exc))
+                if self.clock.time() > deadline or not await self.sleep(
+                    backoff_delay(attempt, base=0.2, cap=2.0)
+                ):
+                    return
 
     # ------------------------------------------------------------------ verifying
 
@@ -439,6 +508,12 @@ class ResponderAgent(BaseAgent):
         due = await self.requests.due(now, hold, limit=128)
         if due:
             await asyncio.gather(*(self._verify(key) for key in due))
+        deferred = await self.requests.due(now, hold, limit=64, queue=keys.DEFERRED)
+        for key in deferred:
+            try:
+                await self._redecide(key)
+            except Exception:  # loop boundary per item: it is due again when its hold lapses
+                self.log.exception("responder.redecide_failed", record=key)
 
     async def _verify(self, record_key: str) -> None:
         try:
@@ -878,6 +953,7 @@ class ResponderAgent(BaseAgent):
                 self.log.info("responder.proposal_state", proposal=proposal_id, error=str(exc))
             await self.requests.mark(record_key, proposal_closed="1")
         await self.requests.unschedule(record_key)
+        await self.requests.undefer(record_key)
 
 
 class _nothing:

@@ -169,6 +169,7 @@ class VerdictKind(StrEnum):
     DUPLICATE = "duplicate"  # already done: re-publish its outcome if it never went out
     TWIN = "twin"  # the other delivery carries it: do nothing, say nothing
     FOLLOW_UP = "follow_up"  # an action is in flight: its scheduled verification carries it
+    DEFER = "defer"  # another action holds the container: decide again once it is over
     NOTIFY = "notify"  # notify-only request
     REJECT = "reject"
     PROPOSE = "propose"
@@ -375,9 +376,12 @@ def evaluate(
     g = facts.guard
     assert g is not None, "guard facts are gathered whenever the target exists"
     if not g.lease_acquired:
+        # Not refused: what this request asks for is decided when the action in flight is over
+        # (its outcome may be exactly what this request is about: it died again). The stale
+        # guard bounds the wait.
         detail = f"another action is in progress on {target.name} (lease held by {g.lease_holder})"
         c.check("lease", False, detail)
-        return c.verdict(VerdictKind.REJECT, guard="lease", reason=detail)
+        return c.verdict(VerdictKind.DEFER, guard="lease", reason=detail)
     c.check("lease", True, "acquired")
 
     left = g.cooldown_until - now

@@ -263,12 +263,25 @@ class RequestStore:
         )
         return str(result)
 
-    async def due(self, now: float, hold_until: float, limit: int) -> list[str]:
-        """Verifications due now; each is held until `hold_until` so one replica checks it."""
+    async def due(
+        self, now: float, hold_until: float, limit: int, queue: str = keys.VERIFY_DUE
+    ) -> list[str]:
+        """Items of `queue` due now (verifications, or deferred requests); each is held until
+        `hold_until` so one replica takes it."""
         members: list[Any] = await self._due(
-            keys=[keys.VERIFY_DUE], args=[f"{now:.6f}", f"{hold_until:.6f}", limit]
+            keys=[queue], args=[f"{now:.6f}", f"{hold_until:.6f}", limit]
         )
         return [str(m) for m in members]
+
+    async def defer(self, record_key: str, context: dict[str, Any], until: float) -> None:
+        """Keep a request (still `received`) to decide again at `until`."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.hset(record_key, mapping={"deferred": json.dumps(context)})
+        pipe.zadd(keys.DEFERRED, {record_key: until})
+        await pipe.execute()
+
+    async def undefer(self, record_key: str) -> None:
+        await self.redis.zrem(keys.DEFERRED, record_key)
 
     async def schedule(self, record_key: str, at: float) -> None:
         await self.redis.zadd(keys.VERIFY_DUE, {record_key: at})
