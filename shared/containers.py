@@ -51,6 +51,7 @@ class ContainerInfo:
     cpu_limit: float | None = None  # cores; None = no limit
     restart_policy: str = ""
     health_output: str | None = None  # output of the last health check probe (unredacted)
+    stop_signal: str | None = None  # Config.StopSignal: also a deliberate stop when sent
     # The values of its environment: secrets until proven otherwise; never shown, only masked.
     secret_values: tuple[str, ...] = field(default=(), repr=False)
 
@@ -99,17 +100,23 @@ class ContainerInfo:
         return value if 0 < value <= 100 else None
 
 
-def _time(raw: str | None) -> datetime | None:
+def parse_time(raw: str | None) -> datetime | None:
+    """Docker's RFC 3339 times (nanoseconds, `Z` or an offset); None for the zero time."""
     if not raw or raw.startswith(_ZERO_TIME[:4]):
         return None
+    text = raw.strip()
+    offset = "+00:00"
+    if text.endswith("Z"):
+        text = text[:-1]
+    elif len(text) > 6 and text[-6] in "+-" and text[-3] == ":":
+        text, offset = text[:-6], text[-6:]
     # Docker gives nanoseconds; Python parses at most microseconds.
-    text = raw.rstrip("Z")
     if "." in text:
         head, frac = text.split(".", 1)
         frac = "".join(ch for ch in frac if ch.isdigit())[:6]
         text = f"{head}.{frac}"
     try:
-        return datetime.fromisoformat(text + "+00:00")
+        return datetime.fromisoformat(text + offset)
     except ValueError:
         return None
 
@@ -142,12 +149,13 @@ def parse_inspect(data: dict[str, Any]) -> ContainerInfo:
         exit_code=int(exit_code) if exit_code is not None else None,
         oom_killed=bool(state.get("OOMKilled")),
         pid=int(state.get("Pid") or 0),
-        started_at=_time(state.get("StartedAt")),
-        finished_at=_time(state.get("FinishedAt")),
+        started_at=parse_time(state.get("StartedAt")),
+        finished_at=parse_time(state.get("FinishedAt")),
         memory_limit=int(host["Memory"]) if host.get("Memory") else None,
         cpu_limit=cpu_limit,
         restart_policy=(host.get("RestartPolicy") or {}).get("Name") or "",
         health_output=health_output or None,
+        stop_signal=config.get("StopSignal") or None,
         secret_values=env_secret_values(config.get("Env") or []),
     )
 

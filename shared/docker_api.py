@@ -222,14 +222,25 @@ class DockerGateway:
 
         await self.call(f"scale service {service}", scale)
 
-    def events(self, since: float | None = None, label: str | None = None) -> EventStream:
+    async def events_between(
+        self, since: str, until: str, label: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The events the daemon still remembers in [since, until] (a bounded read)."""
+        filters: dict[str, Any] = {"type": "container"} | ({"label": [label]} if label else {})
+
+        def read() -> list[dict[str, Any]]:
+            return list(self.api.events(since=since, until=until, filters=filters, decode=True))
+
+        return await self.call("events history", read)
+
+    def events(self, since: float | str | None = None, label: str | None = None) -> EventStream:
         return EventStream(self.api, since, label)
 
 
 class EventStream:
     """The daemon's container event stream, iterated in a thread; `close()` from anywhere."""
 
-    def __init__(self, api: Any, since: float | None, label: str | None = None) -> None:
+    def __init__(self, api: Any, since: float | str | None, label: str | None = None) -> None:
         self._api = api
         self._since = since
         self._filters: dict[str, Any] = {"type": "container"} | (

@@ -70,6 +70,7 @@ class AlertKind(StrEnum):
     HIGH_MEMORY = "high_memory"
     ANOMALY = "anomaly"  # unusual against the container's own baseline
     EXTERNAL = "external"  # an Alertmanager alert
+    REMOVED = "removed"  # (status resolved) the container was removed: its incident closes
 
 
 class AlertStatus(StrEnum):
@@ -130,6 +131,11 @@ class HealthAlert(Model):
     exit_code: int | None = None
     oom_killed: bool | None = None
     restart_count: int | None = None
+    uncertain: bool = Field(
+        default=False,
+        description="the Monitor could not see how it died (it was not listening and the "
+        "daemon no longer has the events): people are told, nothing is restarted",
+    )
     health_status: str | None = None
     image: str | None = None
     labels: dict[str, str] = {}
@@ -152,6 +158,14 @@ class Analysis(Model):
     )
     prompt_hash: str | None = Field(default=None, description="sha256 of the prompt inputs")
     latency_ms: float = Field(default=0.0, ge=0)
+    decided_by: AnalysisMethod | None = Field(
+        default=None,
+        description="who chose the action (or the false alarm): the rules, or the LLM among "
+        "the runbook's actions; `method` says who wrote the explanation",
+    )
+    overruled: str | None = Field(
+        default=None, description="what the LLM asked for that the rules did not let through"
+    )
 
 
 class RemediationNeeded(Model):

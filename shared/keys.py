@@ -11,6 +11,8 @@ __all__ = [
     "DEFERRED",
     "GUARD",
     "LEASE",
+    "MONITOR_CURSOR",
+    "MONITOR_SENT",
     "PROPOSAL",
     "PROPOSALS",
     "PROPOSALS_PENDING",
@@ -29,6 +31,10 @@ GUARD = "hemostat:guard:"  # hash per container: cooldown_until:<type>, failures
 ACTIONS = "hemostat:actions:"  # zset per container: executed actions (circuit breaker)
 RESTARTS = "hemostat:restarts:"  # zset per container: our restarts (crash-loop guard)
 DEATHS = "hemostat:deaths:"  # zset per container: unplanned deaths, written by the Monitor
+
+# ---- Monitor
+MONITOR_CURSOR = "hemostat:monitor:cursor:"  # string per host: the last Docker event handled (ns)
+MONITOR_SENT = "hemostat:monitor:sent:"  # per alert idempotency key: one replica publishes it
 
 # ---- Approvals
 PROPOSAL = "hemostat:proposal:"  # hash per proposal

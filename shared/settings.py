@@ -181,6 +181,12 @@ class MonitorSettings(_Section):
     monitor_log_tail_lines: int = Field(
         default=20, ge=0, le=500, description="Log lines (redacted) attached to an alert."
     )
+    monitor_events_stall_grace_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="A container start or stop no Docker event reported, older than this, means "
+        "the event stream stalled: it is reopened and the gap caught up.",
+    )
     monitor_include_stack: bool = Field(
         default=False, description="Also watch HemoStat's own containers (label hemostat.stack)."
     )
@@ -211,6 +217,12 @@ class AnalyzerSettings(_Section):
 
     runbooks_dir: Path = Field(
         default=Path("runbooks"), description="Folder of runbook YAML files (read at start)."
+    )
+    analyzer_max_alert_age_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="Alerts detected longer ago than this (a backlog after an outage) are "
+        "decided notify-only and marked stale; nothing acts on old news.",
     )
     analyzer_confidence_threshold: float = Field(
         default=0.7, ge=0, le=1, description="Below this confidence no action runs without a human."

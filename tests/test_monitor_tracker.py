@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
+from agents.monitor.causes import Seen
 from agents.monitor.detect import GatePolicy, ThresholdPolicy
 from agents.monitor.stats import Sample
 from agents.monitor.tracker import MonitorPolicy, Tracker, watched
@@ -58,15 +59,43 @@ def test_clean_exit_is_not_a_crash(tracker):
     assert tracker.on_event("die", {"exitCode": "0"}, T0, info(state="exited")) == []
 
 
-def test_stop_or_restart_on_purpose_is_not_a_crash(tracker):
+def test_stop_or_restart_on_purpose_is_not_a_crash_however_long_it_takes(tracker):
     c = info()
     tracker.on_event("kill", {"signal": "15"}, T0, c)
-    assert tracker.on_event("die", {"exitCode": "143"}, T0 + 2, c) == []
+    # A database that needs 18 s (or 18 minutes) to shut down after SIGTERM: still a stop.
+    assert tracker.on_event("die", {"exitCode": "1"}, T0 + 18, c) == []
     assert tracker.tracks[c.id].deaths == ()
-    # A kill long ago does not excuse a later crash.
-    assert kinds(tracker.on_event("die", {"exitCode": "1"}, T0 + 100, c)) == [
+    # That stop is over once it starts again: the next death is judged on its own.
+    tracker.on_event("start", {}, T0 + 100, c)
+    assert kinds(tracker.on_event("die", {"exitCode": "1"}, T0 + 200, c)) == [
         (AlertKind.CRASH, AlertStatus.FIRING)
     ]
+
+
+def test_a_reload_signal_does_not_hide_the_crash_that_follows(tracker):
+    c = info()
+    tracker.on_event("kill", {"signal": "1"}, T0, c)  # docker kill -s HUP: a reload
+    assert kinds(tracker.on_event("die", {"exitCode": "1"}, T0 + 1, c)) == [
+        (AlertKind.CRASH, AlertStatus.FIRING)
+    ]
+
+
+def test_the_containers_own_stop_signal_is_a_stop(tracker):
+    c = info(stop_signal="SIGWINCH")
+    tracker.on_event("kill", {"signal": "28"}, T0, c)
+    assert tracker.on_event("die", {"exitCode": "0"}, T0 + 5, c) == []
+
+
+def test_a_removed_container_closes_what_was_open(tracker):
+    c = info()
+    tracker.on_event("die", {"exitCode": "1"}, T0, c)
+    [removed] = tracker.on_event("destroy", {"_time_nano": "5"}, T0 + 1, c)
+    assert (removed.kind, removed.status) == (AlertKind.REMOVED, AlertStatus.RESOLVED)
+    assert "crash" in removed.summary
+    assert c.id not in tracker.tracks
+    quiet = info(id="q" * 64)
+    tracker.track(quiet)
+    assert tracker.on_event("destroy", {}, T0, quiet) == [], "nothing open: nothing to close"
 
 
 def test_a_crash_soon_after_a_restart_is_not_mistaken_for_the_restart(tracker):
@@ -206,20 +235,36 @@ def test_a_container_that_stays_down_is_reminded_not_re_alerted_every_poll(track
     assert "still crash" in reminders[0].summary
 
 
-def test_reconcile_reports_what_happened_while_not_listening(tracker):
+def test_catch_up_judges_each_death_by_its_own_events_or_says_it_cannot_tell(tracker):
+    since = T0 - 300
     finished = datetime.fromtimestamp(T0 - 20, UTC)
-    crashed = info(state="exited", exit_code=2, finished_at=finished)
-    ancient = datetime.fromtimestamp(T0 - 9999, UTC)
-    long_dead = info(id="d" * 64, state="exited", exit_code=2, finished_at=ancient)
+    at = finished.timestamp()
+
+    def dead(letter, code=2, **kw):
+        return info(id=letter * 64, state="exited", exit_code=code, finished_at=finished, **kw)
+
+    crashed, stopped, unseen, clean = dead("a"), dead("b", 143), dead("c"), dead("f", 0)
+    oom_unseen = dead("g", 137, oom_killed=True)
+    long_dead = info(
+        id="d" * 64, state="exited", exit_code=2, finished_at=datetime.fromtimestamp(T0 - 9999, UTC)
+    )
     sick = info(id="e" * 64, health="unhealthy")
+    history = {
+        crashed.id: [Seen("die", {"exitCode": "2"}, at)],
+        stopped.id: [Seen("kill", {"signal": "15"}, at - 5), Seen("die", {"exitCode": "143"}, at)],
+        clean.id: [Seen("die", {"exitCode": "0"}, at)],
+    }
     out = []
-    for c in (crashed, long_dead, sick):
-        out += tracker.reconcile(c, T0, since=T0 - 300)
-    assert sorted((d.container.id[0], d.kind) for d in out) == [
-        ("a", AlertKind.CRASH),
-        ("e", AlertKind.UNHEALTHY),
-    ]
-    assert tracker.reconcile(crashed, T0 + 1, since=T0 - 300) == [], "reported once"
+    for c in (crashed, stopped, unseen, clean, oom_unseen, long_dead, sick):
+        out += tracker.reconcile(c, T0, since, history.get(c.id, []))
+    found = {d.container.id[0]: d for d in out}
+    assert sorted(found) == ["a", "c", "e", "g"], "stopped, clean and long-dead say nothing"
+    assert (found["a"].kind, found["a"].uncertain) == (AlertKind.CRASH, False)
+    assert (found["c"].kind, found["c"].uncertain) == (AlertKind.CRASH, True)
+    assert "cannot tell" in found["c"].summary
+    assert (found["g"].kind, found["g"].uncertain) == (AlertKind.OOM_KILLED, False)
+    assert found["e"].kind is AlertKind.UNHEALTHY
+    assert tracker.reconcile(crashed, T0 + 1, since, history[crashed.id]) == [], "reported once"
 
 
 @pytest.mark.parametrize(

@@ -34,12 +34,13 @@ from shared.events import (
     RemediationNeededEvent,
     make_event,
 )
+from shared.idempotency import Claims, delivery_entry
 from shared.redaction import Redactor
 from shared.runbooks import Runbook, Runbooks, load_runbooks
 from shared.settings import Settings
 
-SEEN_PREFIX = "hemostat:analyzer:seen:"
-SEEN_TTL_S = 86_400
+CLAIM_PREFIX = "hemostat:analyzer:claim:"
+CLAIM_TTL_S = 86_400
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class AnalyzerAgent(BaseAgent):
         self.diagnostics = diagnostics
         self.redactor = redactor or Redactor(self.settings.secret_values())
         self.incidents = IncidentStore(self.redis, self.settings.incident_idle_ttl_s)
+        self.claims = Claims(self.redis, CLAIM_PREFIX, CLAIM_TTL_S)
         self.threshold = self.settings.analyzer_confidence_threshold
         self.counts = {"decisions": 0, "false_alarms": 0, "llm": 0, "llm_fallbacks": 0}
 
@@ -100,9 +102,15 @@ class AnalyzerAgent(BaseAgent):
     async def handle(self, event: Event) -> None:
         if not isinstance(event, HealthAlertEvent):
             return
-        seen = SEEN_PREFIX + event.idempotency_key
-        if await self.redis.exists(seen):
-            self.log.info("analyzer.duplicate", alert=event.id, key=event.idempotency_key)
+        # One decision per alert however many copies arrive (a second Monitor replica, a
+        # retried publish, a redelivery): the key is claimed atomically, with the entry.
+        status = await self.claims.claim(
+            event.idempotency_key, delivery_entry(event.id), self.instance
+        )
+        if not status.proceed:
+            self.log.info(
+                "analyzer.duplicate", alert=event.id, key=event.idempotency_key, as_=status
+            )
             return
         now = self.clock.time()
         if event.payload.status is AlertStatus.RESOLVED:
@@ -114,7 +122,7 @@ class AnalyzerAgent(BaseAgent):
                 incident_closed=closed,
                 kind=event.payload.kind,
             )
-            await self.redis.set(seen, "1", ex=SEEN_TTL_S)
+            await self.claims.done(event.idempotency_key)
             return
         attached = await self.incidents.attach(event, now)
         runbook = self.runbooks.match(event)
@@ -130,7 +138,7 @@ class AnalyzerAgent(BaseAgent):
             action_id=decision.action_id,
             false_alarm=decision.false_alarm,
         )
-        await self.redis.set(seen, "1", ex=SEEN_TTL_S)
+        await self.claims.done(event.idempotency_key)
         self.counts["decisions"] += 1
         self.counts["false_alarms"] += isinstance(outcome, FalseAlarmEvent)
         self.log.info(
@@ -140,20 +148,30 @@ class AnalyzerAgent(BaseAgent):
             runbook=runbook.id,
             decision=_summary(outcome),
             method=decision.analysis.method,
+            decided_by=decision.analysis.decided_by,
             confidence=decision.analysis.confidence,
             fallback=decision.analysis.fallback_reason,
+            overruled=decision.analysis.overruled,
         )
 
     async def _decide(
         self, alert: HealthAlertEvent, runbook: Runbook, attached: Attached
     ) -> tuple[Decision, bool]:
         started = time.monotonic()
+        age = self.clock.time() - alert.emitted_at.timestamp()
+        limit = self.settings.analyzer_max_alert_age_s
+        if age > limit:
+            # A backlog after an outage: people hear about it; nothing acts on old news.
+            return self._stale(alert, runbook, age, limit, started), False
         rules = decide(alert, runbook, attached.history)
         if self.llm is None:
             return self._from_rules(rules, started, "no LLM configured"), False
         cached = None if attached.new else await self._cached(attached.incident_id, runbook)
         if cached is not None:
-            return cached, True
+            bounded = self._bounded(
+                rules, runbook, cached.false_alarm, cached.action_id, cached.analysis
+            )
+            return bounded, True
         redactor = self.redactor
         try:
             evidence: dict[str, Any] = {}
@@ -181,14 +199,64 @@ class AnalyzerAgent(BaseAgent):
             prompt_hash=prompt.inputs_hash,
             latency_ms=round(result.latency_ms, 1),
         )
-        action_id = None if verdict.false_alarm else verdict.action_id
-        if not verdict.false_alarm and action_id is None:
-            action_id = runbook.notify_action().id  # "no action" from the model means notify
-        return Decision(verdict.false_alarm, action_id, analysis), False
+        return self._bounded(
+            rules, runbook, verdict.false_alarm, verdict.action_id, analysis
+        ), False
+
+    def _bounded(
+        self,
+        rules: RuleDecision,
+        runbook: Runbook,
+        false_alarm: bool,
+        action_id: str | None,
+        analysis: Analysis,
+    ) -> Decision:
+        """The LLM explains and may pick among the runbook's actions; it cannot silence a
+        deterministic failure, and it cannot act where the rules allow no action at all."""
+        overruled = None
+        if rules.notify_only and (false_alarm or action_id != rules.action_id):
+            overruled = (
+                f"the LLM chose {'a false alarm' if false_alarm else action_id or 'nothing'}; "
+                "how this container died was not seen, so HemoStat only tells people"
+            )
+            false_alarm, action_id = False, rules.action_id
+        elif false_alarm and not rules.ambiguous:
+            overruled = (
+                "the LLM called it a false alarm; a crash, an OOM kill, a failing health check "
+                "or a restart loop is a fact the rules saw, so people are told and the rules' "
+                "decision stands"
+            )
+            false_alarm, action_id = rules.false_alarm, rules.action_id
+        elif not false_alarm and action_id is None:
+            # "Real, but no action": people are told of an ambiguous signal; for a failure the
+            # rules saw, picking nothing picks nothing else — the rules' action stands.
+            action_id = runbook.notify_action().id if rules.ambiguous else rules.action_id
+        decided_by = (
+            AnalysisMethod.RULES
+            if overruled or (false_alarm == rules.false_alarm and action_id == rules.action_id)
+            else AnalysisMethod.LLM
+        )
+        update = {"decided_by": decided_by, "overruled": overruled}
+        return Decision(false_alarm, action_id, analysis.model_copy(update=update))
+
+    def _stale(
+        self, alert: HealthAlertEvent, runbook: Runbook, age: float, limit: float, started: float
+    ) -> Decision:
+        analysis = Analysis(
+            method=AnalysisMethod.RULES,
+            decided_by=AnalysisMethod.RULES,
+            confidence=1.0,
+            root_cause=f"stale: {alert.payload.summary}",
+            explanation=f"this alert was detected {age:.0f}s ago (limit {limit:.0f}s): the "
+            "situation may have changed since, so people are told and nothing is done",
+            latency_ms=round((time.monotonic() - started) * 1000, 3),
+        )
+        return Decision(False, runbook.notify_action().id, analysis)
 
     def _from_rules(self, rules: RuleDecision, started: float, reason: str | None) -> Decision:
         analysis = Analysis(
             method=AnalysisMethod.RULES,
+            decided_by=AnalysisMethod.RULES,
             confidence=rules.confidence,
             root_cause=rules.root_cause,
             explanation=rules.explanation,

@@ -49,7 +49,11 @@ _RESOLVE = """
 local id = redis.call('GET', KEYS[1])
 if not id then return {false, 0} end
 local h = 'hemostat:incident:' .. id
-redis.call('SREM', h .. ':kinds', ARGV[1])
+if ARGV[1] == 'removed' then
+  redis.call('DEL', h .. ':kinds')  -- the container is gone: nothing of it fires any more
+else
+  redis.call('SREM', h .. ':kinds', ARGV[1])
+end
 redis.call('HSET', h, 'updated_at', ARGV[2])
 if redis.call('SCARD', h .. ':kinds') > 0 then return {id, 0} end
 redis.call('HSET', h, 'status', 'resolved', 'closed_at', ARGV[2], 'close_reason', ARGV[3])

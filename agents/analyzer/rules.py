@@ -3,7 +3,7 @@ history. Pure; this is what stands whenever the LLM is off or gives no usable an
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from shared.events import AlertKind, HealthAlertEvent
 from shared.runbooks import Runbook
@@ -36,6 +36,16 @@ class RuleDecision:
     confidence: float
     root_cause: str
     explanation: str
+    # The rules themselves find the signal ambiguous (a first spike, a first anomaly): only
+    # then may an LLM call it a false alarm. A crash, an OOM kill, a failing health check or a
+    # restart loop is a fact, and people are told whatever a model says.
+    ambiguous: bool = False
+    notify_only: bool = False  # no action may be chosen at all (how it died was not seen)
+
+
+DETERMINISTIC = frozenset(
+    {AlertKind.CRASH, AlertKind.OOM_KILLED, AlertKind.UNHEALTHY, AlertKind.RESTART_LOOP}
+)
 
 
 def _act(
@@ -48,6 +58,16 @@ def _act(
 def decide(alert: HealthAlertEvent, runbook: Runbook, history: History) -> RuleDecision:
     payload = alert.payload
     kind = payload.kind
+    if payload.uncertain:
+        return RuleDecision(
+            False,
+            runbook.notify_action().id,
+            0.9,
+            payload.summary,
+            "how it died was not seen (HemoStat was not listening and the daemon no longer has "
+            "the events): a person may have stopped it, so people are told and nothing is done",
+            notify_only=True,
+        )
     repeated = history.same_kind >= 2
     escalate = runbook.escalate_action or runbook.default_action
     default = runbook.default_action
@@ -107,6 +127,7 @@ def decide(alert: HealthAlertEvent, runbook: Runbook, history: History) -> RuleD
                 0.8,
                 f"a single {what} sample over the threshold",
                 "a first one-sample spike is a false alarm",
+                ambiguous=True,
             )
         critical_memory = kind is AlertKind.HIGH_MEMORY and value is not None and value >= 95
         if repeated or critical_memory:
@@ -135,14 +156,16 @@ def decide(alert: HealthAlertEvent, runbook: Runbook, history: History) -> RuleD
                 0.75,
                 "a first deviation from the container's baseline",
                 "a first transient deviation is a false alarm",
+                ambiguous=True,
             )
-        return _act(
+        repeat = _act(
             runbook,
             default,
             0.75,
             "repeated deviation from the container's baseline",
             "it keeps happening: people are told",
         )
+        return replace(repeat, ambiguous=True)
 
     # External (Alertmanager) and anything else: the runbook's default, usually notify-only.
     return _act(runbook, default, 0.8, payload.summary, f"runbook {runbook.id} default")

@@ -4,9 +4,11 @@ rule set runs under a fixed clock in tests."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from agents.monitor.causes import Cause, Seen, cause_of_death, since_last_start
 from agents.monitor.detect import (
     Baseline,
     BaselinePolicy,
@@ -32,8 +34,6 @@ from shared.containers import (
 from shared.events import AlertKind, AlertStatus, Detector, Severity
 from shared.settings import Settings
 
-DELIBERATE_WINDOW_S = 15.0  # a `kill` this recent before a `die` means someone stopped it
-OOM_DIE_WINDOW_S = 10.0  # the `die` after an `oom` is the same failure, reported once
 EVENT_KINDS = (AlertKind.CRASH, AlertKind.OOM_KILLED, AlertKind.RESTART_LOOP)
 
 
@@ -96,6 +96,7 @@ class AlertDraft:
     thresholds: dict[str, float] = field(default_factory=dict)
     exit_code: int | None = None
     oom_killed: bool | None = None
+    uncertain: bool = False  # how it died was not seen: notify, never act
 
     @property
     def wants_logs(self) -> bool:
@@ -113,14 +114,20 @@ class Track:
     memory_base: Baseline = Baseline()
     gates: dict[str, GateState] = field(default_factory=dict)
     active: set[AlertKind] = field(default_factory=set)
+    # When each active kind began: the same Docker event time on every Monitor replica, so
+    # replicas derive the same idempotency key for its resolution.
+    active_since: dict[AlertKind, float] = field(default_factory=dict)
     deaths: tuple[float, ...] = ()
-    last_kill_at: float | None = None
-    last_oom_at: float | None = None
+    # What the daemon said since the container last started: a stopping `kill` makes the next
+    # `die` deliberate however late it comes; an `oom` makes it the same failure, reported once.
+    since_start: list[Seen] = field(default_factory=list)
     running_since: float | None = None
 
 
-def _within(earlier: float | None, at: float, window_s: float) -> bool:
-    return earlier is not None and 0 <= at - earlier <= window_s
+def _activate(t: Track, kind: AlertKind, at: float) -> None:
+    if kind not in t.active:
+        t.active_since[kind] = at
+    t.active.add(kind)
 
 
 def watched(info: ContainerInfo, policy: MonitorPolicy, own_id: str | None = None) -> bool:
@@ -146,6 +153,9 @@ class Tracker:
         else:
             current.info = info
         return current
+
+    def _bucket(self, now: float) -> int:
+        return int(now // max(1.0, self.policy.gate.realert_s))
 
     def forget(self, container_id: str) -> None:
         self.tracks.pop(container_id, None)
@@ -197,6 +207,7 @@ class Tracker:
     def _resolve(self, t: Track, kind: AlertKind, now: float, why: str) -> AlertDraft:
         t.active.discard(kind)
         t.gates.pop(kind.value, None)
+        began = t.active_since.pop(kind, now)
         return self._draft(
             t,
             kind,
@@ -204,7 +215,7 @@ class Tracker:
             Detector.DOCKER_EVENTS if kind in EVENT_KINDS else Detector.STATS,
             f"{t.info.name}: {kind.value} resolved ({why})",
             now,
-            f"resolve:{t.info.id}:{kind.value}:{now:.3f}",
+            f"resolve:{t.info.id}:{kind.value}:{began:.6f}",
             status=AlertStatus.RESOLVED,
         )
 
@@ -218,15 +229,15 @@ class Tracker:
         name = info.name
         nano = attrs.get("_time_nano") or f"{at:.6f}"
         if action == "kill":
-            t.last_kill_at = at
+            t.since_start.append(Seen(action, attrs, at))
             return []
         if action == "start":
             t.running_since = at
-            t.last_kill_at = None  # that stop (or restart) is over: the next death is unplanned
+            t.since_start = []  # that stop (or restart) is over: the next death is its own
             return []
         if action == "oom":
-            t.last_oom_at = at
-            t.active.add(AlertKind.OOM_KILLED)
+            t.since_start.append(Seen(action, attrs, at))
+            _activate(t, AlertKind.OOM_KILLED, at)
             send, suppressed = self._gate(t, AlertKind.OOM_KILLED.value, at, new_episode=True)
             if not send:
                 return []
@@ -252,8 +263,26 @@ class Tracker:
             status = action.split(":", 1)[1].strip() if ":" in action else attrs.get("health", "")
             return self._on_health(t, status, at, nano)
         if action == "destroy":
-            self.forget(info.id)
+            return self._on_destroy(t, at, nano)
         return []
+
+    def _on_destroy(self, t: Track, at: float, nano: str) -> list[AlertDraft]:
+        """A removed container closes its incident, whatever was still open for it."""
+        self.forget(t.info.id)
+        if not t.active:
+            return []
+        return [
+            self._draft(
+                t,
+                AlertKind.REMOVED,
+                Severity.INFO,
+                Detector.DOCKER_EVENTS,
+                f"{t.info.name} was removed (open: {', '.join(sorted(k.value for k in t.active))})",
+                at,
+                f"docker:{t.info.id}:destroy:{nano}",
+                status=AlertStatus.RESOLVED,
+            )
+        ]
 
     def _on_die(self, t: Track, attrs: dict[str, str], at: float, nano: str) -> list[AlertDraft]:
         t.running_since = None
@@ -261,16 +290,17 @@ class Tracker:
             exit_code = int(attrs.get("exitCode", "0"))
         except ValueError:
             exit_code = -1
-        oom = _within(t.last_oom_at, at, OOM_DIE_WINDOW_S)
-        deliberate = not oom and _within(t.last_kill_at, at, DELIBERATE_WINDOW_S)
-        if deliberate:
+        t.since_start.append(Seen("die", attrs, at))
+        cause = cause_of_death(t.since_start, exit_code, t.info.stop_signal)
+        if cause is Cause.STOPPED:
             return []  # stopped or restarted on purpose (by a person or by HemoStat)
+        oom = cause is Cause.OOM
         drafts: list[AlertDraft] = []
         t.deaths, looping = restart_loop(
             (*t.deaths, at), at, self.policy.restart_loop_window_s, self.policy.restart_loop_count
         )
         if exit_code != 0 and not oom:
-            t.active.add(AlertKind.CRASH)
+            _activate(t, AlertKind.CRASH, at)
             send, suppressed = self._gate(t, AlertKind.CRASH.value, at, new_episode=True)
             if send:
                 drafts.append(
@@ -289,7 +319,7 @@ class Tracker:
                 )
         if looping:
             new_episode = AlertKind.RESTART_LOOP not in t.active
-            t.active.add(AlertKind.RESTART_LOOP)
+            _activate(t, AlertKind.RESTART_LOOP, at)
             send, suppressed = self._gate(
                 t, AlertKind.RESTART_LOOP.value, at, new_episode=new_episode
             )
@@ -315,7 +345,7 @@ class Tracker:
     def _on_health(self, t: Track, status: str, at: float, nano: str) -> list[AlertDraft]:
         if status == "unhealthy":
             new_episode = AlertKind.UNHEALTHY not in t.active
-            t.active.add(AlertKind.UNHEALTHY)
+            _activate(t, AlertKind.UNHEALTHY, at)
             send, suppressed = self._gate(t, AlertKind.UNHEALTHY.value, at, new_episode=new_episode)
             if not send:
                 return []
@@ -380,7 +410,7 @@ class Tracker:
             return [self._resolve(t, kind, now, f"{what} at {value:.0f}%")]
         if not state.active:
             return []
-        t.active.add(kind)
+        _activate(t, kind, now)
         send, suppressed = self._gate(
             t, kind.value, now, new_episode=transition is Transition.FIRED
         )
@@ -487,44 +517,74 @@ class Tracker:
                             Detector.STATS,
                             f"{info.name}: still {kind.value.replace('_', ' ')} ({info.state})",
                             now,
-                            f"remind:{info.id}:{kind.value}:{now:.3f}",
+                            # One reminder per interval, the same key on every replica.
+                            f"remind:{info.id}:{kind.value}:{self._bucket(now)}",
                             suppressed,
                             exit_code=info.exit_code,
                         )
                     )
         return drafts
 
-    def reconcile(self, info: ContainerInfo, now: float, since: float) -> list[AlertDraft]:
-        """After (re)connecting to the daemon: problems that arose while we were not listening."""
+    def reconcile(
+        self, info: ContainerInfo, now: float, since: float, history: Sequence[Seen]
+    ) -> list[AlertDraft]:
+        """After (re)connecting: what happened while the Monitor was not listening. `history`
+        is what the daemon still remembers about this container since `since`. A death is
+        judged by its own events exactly as live; a death whose events the daemon no longer has
+        is reported as unknown — people are told, nothing is restarted."""
         t = self.track(info)
         drafts: list[AlertDraft] = []
+        if history:
+            t.since_start = since_last_start(history)
         if info.running and info.health == "unhealthy" and AlertKind.UNHEALTHY not in t.active:
-            drafts += self._on_health(t, "unhealthy", now, f"reconcile-{now:.3f}")
+            started = info.started_at.timestamp() if info.started_at else now
+            drafts += self._on_health(t, "unhealthy", now, f"started-{started:.6f}")
         finished = info.finished_at.timestamp() if info.finished_at else None
-        crashed = not info.running and info.exit_code not in (None, 0)
-        if crashed and finished is not None and finished >= since:
-            kind = AlertKind.OOM_KILLED if info.oom_killed else AlertKind.CRASH
-            if kind not in t.active:
-                t.active.add(kind)
-                send, suppressed = self._gate(t, kind.value, now, new_episode=True)
-                if send:
-                    what = (
-                        "was OOM-killed"
-                        if info.oom_killed
-                        else f"exited with code {info.exit_code}"
-                    )
-                    drafts.append(
-                        self._draft(
-                            t,
-                            kind,
-                            Severity.CRITICAL,
-                            Detector.DOCKER_EVENTS,
-                            f"{info.name} {what} while the Monitor was not listening",
-                            finished,
-                            f"docker:{info.id}:{kind.value}:{info.finished_at}",
-                            suppressed,
-                            exit_code=info.exit_code,
-                            oom_killed=info.oom_killed,
-                        )
-                    )
+        if info.running or finished is None or finished < since:
+            return drafts
+        segment = since_last_start(history)
+        dies = [e for e in segment if e.action == "die"]
+        seen_it = bool(dies) and abs(dies[-1].at - finished) <= 2.0
+        cause = (
+            cause_of_death(segment, info.exit_code, info.stop_signal) if seen_it else Cause.UNKNOWN
+        )
+        if info.oom_killed and cause is not Cause.STOPPED:
+            cause = Cause.OOM  # the kernel's own record: no doubt about who killed it
+        if cause in (Cause.STOPPED, Cause.CLEAN) or (
+            cause is Cause.UNKNOWN and info.exit_code in (0, None)
+        ):
+            return drafts
+        kind = AlertKind.OOM_KILLED if cause is Cause.OOM else AlertKind.CRASH
+        if kind in t.active:
+            return drafts
+        _activate(t, kind, finished)
+        send, suppressed = self._gate(t, kind.value, now, new_episode=True)
+        if not send:
+            return drafts
+        uncertain = cause is Cause.UNKNOWN
+        if kind is AlertKind.OOM_KILLED:
+            what = "was OOM-killed"
+        else:
+            what = f"exited with code {info.exit_code}"
+        summary = f"{info.name} {what} while the Monitor was not listening"
+        if uncertain:
+            summary += (
+                "; its stop was not seen, so HemoStat cannot tell whether a person stopped it "
+                "— people are told, nothing is restarted"
+            )
+        drafts.append(
+            self._draft(
+                t,
+                kind,
+                Severity.CRITICAL,
+                Detector.DOCKER_EVENTS,
+                summary,
+                finished,
+                f"docker:{info.id}:{kind.value}:{info.finished_at}",
+                suppressed,
+                exit_code=info.exit_code,
+                oom_killed=info.oom_killed,
+                uncertain=uncertain,
+            )
+        )
         return drafts

@@ -1,0 +1,144 @@
+"""The Alertmanager intake: `POST /webhook/alertmanager` (v4 payloads) into health alerts.
+
+The whole payload is validated before anything is published; each alert is published once per
+(fingerprint, startsAt, status) with a key kept 7 days, so Alertmanager's re-sends publish
+nothing new; Redis trouble answers 503 so Alertmanager retries. Resolved alerts are
+resolutions and can never trigger remediation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from redis.asyncio import Redis
+
+from agents.monitor.alertmanager import (
+    ExternalAlert,
+    InvalidPayload,
+    Response,
+    WebhookServer,
+    convert,
+    parse_payload,
+)
+from agents.monitor.tracker import Tracker
+from shared.bus import Bus
+from shared.clock import Clock
+from shared.errors import BusUnavailable
+from shared.events import HealthAlertEvent, Source, Subject, make_event
+from shared.log import Logger
+from shared.redaction import Redactor
+from shared.redis_client import CONNECTION_ERRORS
+
+__all__ = ["AlertmanagerIntake"]
+
+SEEN_PREFIX = "hemostat:alertmanager:seen:"
+SEEN_TTL_S = 7 * 86_400
+SUMMARY_MAX = 500  # an alert summary, cut after redaction
+
+
+class AlertmanagerIntake:
+    def __init__(
+        self,
+        *,
+        bus: Bus,
+        redis: Redis,
+        tracker: Tracker,
+        redactor: Redactor,
+        source: Source,
+        host: str,
+        clock: Clock,
+        log: Logger,
+    ) -> None:
+        self.bus = bus
+        self.redis = redis
+        self.tracker = tracker
+        self.redactor = redactor
+        self.source = source
+        self.host = host
+        self.clock = clock
+        self.log = log
+        self.server: WebhookServer | None = None
+        self.published = 0
+
+    def start(self, host: str, port: int, token: str | None) -> int:
+        self.server = WebhookServer(
+            host, port, self.ingest, asyncio.get_running_loop(), token=token
+        )
+        self.server.start()
+        return self.server.port
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await asyncio.to_thread(self.server.stop)
+
+    async def ingest(self, body: bytes) -> Response:
+        """Validate the whole payload first: a malformed body publishes nothing."""
+        try:
+            payload = parse_payload(body)
+        except InvalidPayload as exc:
+            self.log.warning("monitor.webhook_rejected", reason=str(exc))
+            return 400, {"error": f"invalid Alertmanager payload: {exc}"}
+        published = duplicates = 0
+        for external in (convert(alert) for alert in payload.alerts):
+            key = SEEN_PREFIX + external.dedup_key
+            try:
+                first = await self.redis.set(key, "1", nx=True, ex=SEEN_TTL_S)
+            except CONNECTION_ERRORS as exc:
+                return 503, {"error": f"Redis unavailable: {exc}"}
+            if not first:
+                duplicates += 1
+                continue
+            try:
+                await self.bus.publish(self.event(external))
+            except BusUnavailable as exc:
+                await _forget(self.redis, key)
+                return 503, {"error": f"could not publish: {exc}"}
+            published += 1
+        self.published += published
+        self.log.info(
+            "monitor.webhook_received",
+            alerts=len(payload.alerts),
+            published=published,
+            duplicates=duplicates,
+            status=payload.status,
+        )
+        return 200, {"published": published, "duplicates": duplicates}
+
+    def event(self, external: ExternalAlert) -> HealthAlertEvent:
+        info = None
+        if external.container_id:
+            track = self.tracker.tracks.get(external.container_id)
+            info = track.info if track else None
+        if info is None and external.container_name:
+            info = self.tracker.find_by_name(external.container_name)
+        subject = Subject(
+            host=self.host,
+            container_id=info.id if info else external.container_id,
+            container_name=info.name if info else external.container_name,
+            service=(info.compose_service if info else None) or external.service,
+            project=info.compose_project if info else None,
+        )
+        payload = external.payload.model_copy(
+            update={
+                "summary": self.redactor.clip(external.payload.summary, SUMMARY_MAX),
+                "annotations": self.redactor.data(external.payload.annotations),
+                "labels": self.redactor.data(external.payload.labels),
+            }
+        )
+        return make_event(
+            HealthAlertEvent,
+            source=self.source,
+            subject=subject,
+            severity=external.severity,
+            payload=payload,
+            occurred_at=external.occurred_at,
+            emitted_at=self.clock.now(),
+            idempotency_key=f"alertmanager:{external.dedup_key}",
+        )
+
+
+async def _forget(redis: Redis, key: str) -> None:
+    # If this fails too, the dedup key expires by itself (Alertmanager's retry may be dropped).
+    with contextlib.suppress(*CONNECTION_ERRORS):
+        await redis.delete(key)
