@@ -8,7 +8,9 @@
   redelivery: XCLAIM bumps the delivery counter); after `max_deliveries` the message goes to the
   dead-letter stream with the error. Messages left pending by a dead consumer are reclaimed after
   `claim_idle_ms`; a slow live handler keeps its messages claimed so nobody steals them.
-  Malformed JSON or an invalid envelope is dead-lettered at once with the reason.
+  Malformed JSON or an invalid envelope is dead-lettered at once with the reason. A dead letter
+  keeps a bounded excerpt of the payload with its size and SHA-256; a large excerpt is stored once
+  even when several groups dead-letter the same payload.
 - Redis outages: every loop retries with backoff; nothing crashes and no acknowledged work is lost
   (an ack that could not be sent means a redelivery, never a loss: delivery is at-least-once, and
   handlers are idempotent through the events' idempotency keys).
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -25,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.client import NEVER_DECODE
+from redis.exceptions import NoScriptError, ResponseError
 
 from shared.backoff import backoff_delay
 from shared.errors import BusUnavailable, InvalidEventError
@@ -42,6 +46,58 @@ Handler = Callable[[Event], Awaitable[None]]
 PartitionKey = Callable[[Event], str | None]
 
 
+async def _raw(redis: Redis, *args: Any) -> Any:
+    """A command whose reply is read as bytes, whatever the client's decode_responses: decoding a
+    whole reply at once lets one entry that is not UTF-8 fail its entire batch."""
+    return await redis.execute_command(*args, **{NEVER_DECODE: True})  # type: ignore[no-untyped-call]
+
+
+# A dead letter's excerpt larger than this is stored once per distinct payload (see dead_letter);
+# smaller ones are cheaper inline than the marker key that deduplicates them.
+_SHARE_EXCERPT_OVER = 4_096
+_EXCERPT_MARKER_TTL_MS = 24 * 3600 * 1000
+
+
+class _Script:
+    """A Lua script, run with EVALSHA (EVAL when Redis lost its script cache, e.g. restarted)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, redis: Redis, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return await _raw(redis, "EVALSHA", self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await _raw(redis, "EVAL", self.source, len(keys), *keys, *args)
+
+
+# Append a dead letter and acknowledge its message, atomically. A shared excerpt is stored once per
+# distinct payload: while the letter holding it is retained, later letters for the same bytes
+# (other groups failing the same entry) name it in `excerpt_in` instead of copying it.
+_DEAD_LETTER = _Script("""
+-- KEYS: dead-letter stream, source stream, marker (id of the letter holding the excerpt)
+-- ARGV: maxlen, group, message_id, marker_ttl_ms, share, excerpt, field, value, ...
+local fields = {}
+for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
+local share = ARGV[5] == '1'
+local holder = false
+if share then
+  holder = redis.call('GET', KEYS[3])
+  if holder and #redis.call('XRANGE', KEYS[1], holder, holder) == 0 then holder = false end
+end
+if holder then
+  for _, v in ipairs({'event', '', 'excerpt_in', holder}) do fields[#fields + 1] = v end
+else
+  for _, v in ipairs({'event', ARGV[6]}) do fields[#fields + 1] = v end
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
+if share and not holder then redis.call('SET', KEYS[3], id, 'PX', ARGV[4]) end
+redis.call('XACK', KEYS[2], ARGV[2], ARGV[3])
+return id
+""")
+
+
 class Bus:
     """Publishing and group management over one Redis client."""
 
@@ -51,17 +107,22 @@ class Bus:
         *,
         maxlen: int = 100_000,
         dead_letter_maxlen: int = 100_000,
+        dead_letter_excerpt_bytes: int = 65_536,
         publish_attempts: int = 6,
     ) -> None:
         self.redis = redis
         self.maxlen = maxlen
         self.dead_letter_maxlen = dead_letter_maxlen
+        self.dead_letter_excerpt_bytes = dead_letter_excerpt_bytes
         self.publish_attempts = publish_attempts
 
     @classmethod
     def from_settings(cls, redis: Redis, settings: Settings) -> Bus:
         return cls(
-            redis, maxlen=settings.stream_maxlen, dead_letter_maxlen=settings.dead_letter_maxlen
+            redis,
+            maxlen=settings.stream_maxlen,
+            dead_letter_maxlen=settings.dead_letter_maxlen,
+            dead_letter_excerpt_bytes=settings.dead_letter_excerpt_bytes,
         )
 
     async def publish(self, event: Envelope) -> str:
@@ -114,25 +175,41 @@ class Bus:
         group: str,
         consumer: str,
         message_id: str,
-        raw: str,
+        raw: str | bytes | None,
         error: str,
         attempts: int,
-    ) -> None:
-        """Move one message to the dead-letter stream with the error, and acknowledge it."""
-        fields: dict[Any, Any] = {
+    ) -> str:
+        """Move one message to the dead-letter stream with the error and acknowledge it, atomically;
+        returns the dead letter's id.
+
+        The letter keeps an excerpt of the payload (`event`: its first `dead_letter_excerpt_bytes`,
+        bad bytes backslash-escaped so readers can decode it; `truncated` says whether that is all)
+        with the whole payload's `size` and `sha256`. `raw=None` means the payload is gone (the
+        entry was trimmed). An excerpt over 4 KiB is stored once per distinct payload: the letters
+        of other groups failing the same bytes name the letter holding it in `excerpt_in`.
+        """
+        payload = raw.encode() if isinstance(raw, str) else (raw or b"")
+        excerpt, truncated = _excerpt(payload, self.dead_letter_excerpt_bytes)
+        digest = hashlib.sha256(payload).hexdigest() if raw is not None else ""
+        fields = {
             "channel": channel,
             "group": group,
             "consumer": consumer,
             "message_id": message_id,
             "attempts": str(attempts),
-            "error": error[:2000],
-            "event": raw,
+            # Exception texts may carry lone surrogates, which the client refuses to encode.
+            "error": error[:2000].encode("utf-8", "backslashreplace").decode(),
             "failed_at": f"{time.time():.3f}",
+            "size": str(len(payload)),
+            "sha256": digest,
+            "truncated": "true" if truncated else "false",
         }
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(DEAD_LETTER_STREAM, fields, maxlen=self.dead_letter_maxlen, approximate=True)
-            pipe.xack(channel, group, message_id)
-            await pipe.execute()
+        share = len(excerpt.encode()) > _SHARE_EXCERPT_OVER
+        marker = f"{DEAD_LETTER_STREAM}:excerpt:{digest}"
+        args = [self.dead_letter_maxlen, group, message_id, _EXCERPT_MARKER_TTL_MS, int(share)]
+        args += [excerpt, *(item for pair in fields.items() for item in pair)]
+        letter_id = await _DEAD_LETTER(self.redis, [DEAD_LETTER_STREAM, channel, marker], args)
+        return _text(letter_id)
 
     async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
         last: BaseException | None = None
@@ -605,6 +682,28 @@ class Consumer:
                 delivery=delivered + 1,
             )
             self._dispatch(channel, message_id, fields, attempt=delivered + 1)
+
+
+def _text(value: Any) -> str:
+    """Decode a reply element read as bytes; names and ids are ours, but never fail on junk."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="backslashreplace")
+    return str(value)
+
+
+def _excerpt(payload: bytes, limit: int) -> tuple[str, bool]:
+    """At most `limit` bytes of the payload as text, and whether that leaves some out. The cut
+    falls on a character boundary; where the payload is not UTF-8 the bad bytes are
+    backslash-escaped, so whoever reads the dead letter can decode it in turn."""
+    head = payload[:limit]
+    try:
+        return head.decode("utf-8"), len(payload) > limit
+    except UnicodeDecodeError as exc:
+        if exc.reason == "unexpected end of data" and len(payload) > limit:
+            return head[: exc.start].decode("utf-8"), True  # the cut split a character
+    shown = head.decode("utf-8", errors="backslashreplace")  # up to 4 characters per bad byte
+    text = shown.encode()[:limit].decode("utf-8", errors="ignore")
+    return text, len(payload) > limit or len(text) < len(shown)
 
 
 def _stream_items(response: Any) -> Iterable[tuple[str, list[tuple[str, dict[str, str] | None]]]]:

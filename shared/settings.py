@@ -77,6 +77,11 @@ class BusSettings(_Section):
     dead_letter_maxlen: int = Field(
         default=100_000, ge=100, description="Approximate length bound of the dead-letter stream."
     )
+    dead_letter_excerpt_bytes: int = Field(
+        default=65_536,
+        ge=256,
+        description="Bytes of a dead-lettered payload kept (with its full size and SHA-256).",
+    )
     bus_block_ms: int = Field(
         default=1_000, ge=10, le=30_000, description="How long one read blocks waiting for events."
     )

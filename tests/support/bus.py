@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from shared.bus import Consumer
-from shared.events import Channel
+from shared.events import DEAD_LETTER_STREAM, Channel
 
 
 async def wait_until(
@@ -57,3 +57,8 @@ def fast_consumer(
     }
     consumer: Consumer = bus.consumer(**(opts | kw))
     return consumer
+
+
+async def dead_letters(redis: Any) -> list[tuple[str, dict[str, str]]]:
+    entries: list[tuple[str, dict[str, str]]] = await redis.xrange(DEAD_LETTER_STREAM)
+    return entries
