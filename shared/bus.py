@@ -8,9 +8,10 @@
   redelivery: XCLAIM bumps the delivery counter); after `max_deliveries` the message goes to the
   dead-letter stream with the error. Messages left pending by a dead consumer are reclaimed after
   `claim_idle_ms`; a slow live handler keeps its messages claimed so nobody steals them.
-  Malformed JSON or an invalid envelope is dead-lettered at once with the reason. A dead letter
-  keeps a bounded excerpt of the payload with its size and SHA-256; a large excerpt is stored once
-  even when several groups dead-letter the same payload.
+- Bad data never stops a consumer: entries are read as bytes and decoded one at a time, so one
+  that is not UTF-8, not JSON or not a valid envelope is dead-lettered alone with the reason while
+  the rest of its batch is handled. A dead letter keeps a bounded excerpt of the payload with its
+  size and SHA-256; a large excerpt is stored once even when several groups dead-letter it.
 - Redis outages: every loop retries with backoff; nothing crashes and no acknowledged work is lost
   (an ack that could not be sent means a redelivery, never a loss: delivery is at-least-once, and
   handlers are idempotent through the events' idempotency keys).
@@ -44,6 +45,7 @@ log = get_logger(__name__)
 T = TypeVar("T")
 Handler = Callable[[Event], Awaitable[None]]
 PartitionKey = Callable[[Event], str | None]
+RawFields = dict[bytes, bytes]
 
 
 async def _raw(redis: Redis, *args: Any) -> Any:
@@ -426,7 +428,6 @@ class Consumer:
 
     async def _read_loop(self) -> None:
         attempt = 0
-        streams: dict[Any, Any] = dict.fromkeys(self.channels, ">")
         while not self._stopping.is_set():
             free = self.concurrency - len(self._inflight)
             if free <= 0:
@@ -434,9 +435,10 @@ class Consumer:
                 await _first(self._slot_freed.wait(), self._stopping.wait())
                 continue
             try:
-                response = await self.redis.xreadgroup(
-                    self.group, self.name, streams, count=free, block=self.block_ms
-                )
+                response = await _raw(
+                    self.redis, "XREADGROUP", "GROUP", self.group, self.name, "COUNT", free,
+                    "BLOCK", self.block_ms, "STREAMS", *self.channels, *[">"] * len(self.channels),
+                )  # fmt: skip
             except ResponseError as exc:
                 if "NOGROUP" in str(exc):
                     # Redis lost the group (restarted without persistence, stream deleted).
@@ -458,7 +460,7 @@ class Consumer:
                     self._dispatch(channel, message_id, fields, attempt=1)
 
     def _dispatch(
-        self, channel: str, message_id: str, fields: dict[str, str] | None, attempt: int
+        self, channel: str, message_id: str, fields: RawFields | None, attempt: int
     ) -> None:
         key = (channel, message_id)
         if key in self._inflight:
@@ -473,9 +475,9 @@ class Consumer:
         task.add_done_callback(done)
 
     async def _process(
-        self, channel: str, message_id: str, fields: dict[str, str] | None, attempt: int
+        self, channel: str, message_id: str, fields: RawFields | None, attempt: int
     ) -> None:
-        raw = (fields or {}).get("event")
+        raw = (fields or {}).get(b"event")
         try:
             event = parse_event(raw, channel)
         except InvalidEventError as exc:
@@ -487,8 +489,10 @@ class Consumer:
                 group=self.group,
                 error=str(exc),
             )
-            await self._dead_letter(channel, message_id, raw or repr(fields), str(exc), attempt)
+            shown = raw if raw is not None else _render(fields)
+            await self._dead_letter(channel, message_id, shown, str(exc), attempt)
             return
+        assert raw is not None  # parse_event refuses a missing payload
         while True:
             try:
                 key = self.partition_key(event) if self.partition_key else None
@@ -508,7 +512,7 @@ class Consumer:
                         attempts=attempt,
                         error=error,
                     )
-                    await self._dead_letter(channel, message_id, raw or "", error, attempt)
+                    await self._dead_letter(channel, message_id, raw, error, attempt)
                     return
                 delay = backoff_delay(attempt, base=self.retry_backoff_s, cap=30.0)
                 log.warning(
@@ -537,8 +541,8 @@ class Consumer:
         min_idle = int(waited_s * 1000 * 0.9)
         while not self._stopping.is_set():
             try:
-                claimed = await self.redis.xclaim(
-                    channel, self.group, self.name, min_idle, [message_id]
+                claimed = await _raw(
+                    self.redis, "XCLAIM", channel, self.group, self.name, min_idle, message_id
                 )
                 return bool(claimed)
             except CONNECTION_ERRORS:
@@ -546,7 +550,7 @@ class Consumer:
         return False
 
     async def _dead_letter(
-        self, channel: str, message_id: str, raw: str, error: str, attempts: int
+        self, channel: str, message_id: str, raw: bytes | None, error: str, attempts: int
     ) -> None:
         self.stats.dead_lettered += 1
 
@@ -657,12 +661,12 @@ class Consumer:
             if (channel, message_id) in self._inflight:
                 continue
             delivered = int(entry["times_delivered"])
-            claimed: list[Any] = await self.redis.xclaim(
-                channel, self.group, self.name, min_idle, [message_id]
+            claimed: list[Any] = await _raw(
+                self.redis, "XCLAIM", channel, self.group, self.name, min_idle, message_id
             )
             if not claimed:
                 continue  # another replica was faster, or the entry was trimmed
-            fields: dict[str, str] | None = claimed[0][1]
+            fields = _fields(claimed[0][1])
             if delivered >= self.max_deliveries:
                 owner = entry.get("consumer")
                 error = (
@@ -670,8 +674,9 @@ class Consumer:
                     f"(last consumer {owner} crashed or stalled)"
                 )
                 log.error("bus.dead_lettered", channel=channel, message_id=message_id, error=error)
-                raw = (fields or {}).get("event", repr(fields))
-                await self._dead_letter(channel, message_id, raw, error, delivered)
+                raw = (fields or {}).get(b"event")
+                shown = raw if raw is not None else _render(fields)
+                await self._dead_letter(channel, message_id, shown, error, delivered)
                 continue
             self.stats.reclaimed += 1
             log.info(
@@ -691,6 +696,26 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def _mapping(reply: Any) -> dict[Any, Any]:
+    """A map reply: already a dict (parsed by redis-py, or RESP3), or a flat key/value list."""
+    if isinstance(reply, dict):
+        return reply
+    return dict(zip(reply[::2], reply[1::2], strict=True))
+
+
+def _fields(raw: Any) -> RawFields | None:
+    """An entry's fields as a dict of bytes: parsed by redis-py, or a flat list from a script."""
+    if raw is None:
+        return None
+    return {bytes(k): bytes(v) for k, v in _mapping(raw).items()}
+
+
+def _render(fields: RawFields | None) -> bytes:
+    """An entry without an `event` field, shown whole in its dead letter (bytes reprs: ASCII, each
+    bad byte escaped once)."""
+    return repr(fields).encode()
+
+
 def _excerpt(payload: bytes, limit: int) -> tuple[str, bool]:
     """At most `limit` bytes of the payload as text, and whether that leaves some out. The cut
     falls on a character boundary; where the payload is not UTF-8 the bad bytes are
@@ -706,13 +731,18 @@ def _excerpt(payload: bytes, limit: int) -> tuple[str, bool]:
     return text, len(payload) > limit or len(text) < len(shown)
 
 
-def _stream_items(response: Any) -> Iterable[tuple[str, list[tuple[str, dict[str, str] | None]]]]:
+def _stream_items(response: Any) -> list[tuple[str, list[tuple[str, RawFields | None]]]]:
     """XREADGROUP replies are a list of [stream, messages] (RESP2) or a dict (RESP3)."""
     if not response:
         return []
     if isinstance(response, dict):
-        return [(str(k), v[0] if v and isinstance(v[0], list) else v) for k, v in response.items()]
-    return [(str(stream), messages) for stream, messages in response]
+        streams = [(k, v[0] if v and isinstance(v[0], list) else v) for k, v in response.items()]
+    else:
+        streams = [(stream, messages) for stream, messages in response]
+    return [
+        (_text(stream), [(_text(message_id), _fields(fields)) for message_id, fields in messages])
+        for stream, messages in streams
+    ]
 
 
 async def _first(*aws: Awaitable[Any]) -> None:

@@ -258,6 +258,44 @@ async def test_partition_key_serialises_events_of_one_container(redis):
     assert order == list(range(20))
 
 
+@pytest.mark.parametrize(
+    ("fields", "reason", "shown"),
+    [
+        ({"event": b"\xff\xfe not UTF-8"}, "not valid UTF-8", "\\xff\\xfe not UTF-8"),
+        ({b"ev\xffent": b"{}"}, "no 'event' field", "ev\\xffent"),
+    ],
+    ids=["value", "field-name"],
+)
+async def test_an_entry_that_is_not_utf8_is_dead_lettered_and_the_rest_of_its_batch_handled(
+    redis, fields, reason, shown
+):
+    bus = Bus(redis)
+    handled = []
+
+    async def handler(event):
+        handled.append(event.id)
+
+    await bus.ensure_group(Channel.HEALTH_ALERT, "g")
+    first, last = factories.health_alert(), factories.health_alert()
+    await bus.publish(first)
+    bad_id = await redis.xadd(Channel.HEALTH_ALERT, fields)
+    await bus.publish(last)
+    consumer = fast_consumer(bus, handler)  # starts after all three: they arrive in one batch
+    async with running(consumer) as task:
+        await wait_until(lambda: consumer.stats.handled == 2 and consumer.stats.dead_lettered == 1)
+        later = factories.health_alert()
+        await bus.publish(later)
+        await wait_until(lambda: consumer.stats.handled == 3, what="an event after the bad one")
+        assert not task.done()
+    assert handled == [first.id, last.id, later.id]
+    [(_, dead)] = await dead_letters(redis)
+    assert dead["message_id"] == bad_id
+    assert reason in dead["error"]
+    assert shown in dead["event"], "the bad bytes are kept, escaped, so the letter stays readable"
+    assert consumer.stats.invalid == 1
+    assert await pending_count(redis) == 0
+
+
 async def test_a_huge_entry_is_dead_lettered_as_one_bounded_excerpt_with_size_and_hash(redis):
     bus = Bus(redis)
     groups = ("analyzer", "alert", "metrics")

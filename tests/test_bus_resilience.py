@@ -15,7 +15,7 @@ from redis.asyncio import Redis
 from shared.bus import Bus
 from shared.events import Channel
 from tests.support import factories
-from tests.support.bus import fast_consumer, running, wait_until
+from tests.support.bus import all_acked, dead_letters, fast_consumer, running, wait_until
 from tests.support.services import redis_server
 
 pytestmark = pytest.mark.redis
@@ -157,3 +157,29 @@ async def test_redis_restarted_mid_stream_loses_no_events(tmp_path):
 
 async def _pending(redis) -> bool:
     return (await redis.xpending(Channel.HEALTH_ALERT, "g"))["pending"] == 0
+
+
+async def test_an_entry_that_is_not_utf8_held_by_a_dead_consumer_is_dead_lettered(redis, redis_url):
+    bus = Bus(redis)
+    await bus.ensure_group(Channel.HEALTH_ALERT, "g")
+    good = factories.health_alert()
+    await bus.publish(good)
+    bad_id = await redis.xadd(Channel.HEALTH_ALERT, {"event": b"\xff not UTF-8"})
+    # A consumer that died holding both (it read them as bytes, then never acknowledged).
+    raw = Redis.from_url(redis_url)  # bytes in, bytes out
+    await raw.xreadgroup("g", "dead", {Channel.HEALTH_ALERT: ">"}, count=10)
+    await raw.aclose()
+    handled: list[str] = []
+
+    async def handler(ev):
+        handled.append(ev.id)
+
+    survivor = fast_consumer(bus, handler, "survivor")
+    async with running(survivor) as task:
+        await wait_until(lambda: handled and survivor.stats.dead_lettered == 1, what="reclaimed")
+        await wait_until(lambda: all_acked(redis), what="every message acknowledged")
+        assert not task.done()
+    assert handled == [good.id]
+    [(_, dead)] = await dead_letters(redis)
+    assert dead["message_id"] == bad_id
+    assert "not valid UTF-8" in dead["error"]

@@ -62,3 +62,12 @@ def fast_consumer(
 async def dead_letters(redis: Any) -> list[tuple[str, dict[str, str]]]:
     entries: list[tuple[str, dict[str, str]]] = await redis.xrange(DEAD_LETTER_STREAM)
     return entries
+
+
+async def pending(redis: Any, group: str = "g", channel: str = Channel.HEALTH_ALERT) -> int:
+    count: int = (await redis.xpending(channel, group))["pending"]
+    return count
+
+
+async def all_acked(redis: Any, group: str = "g", channel: str = Channel.HEALTH_ALERT) -> bool:
+    return await pending(redis, group, channel) == 0
