@@ -7,11 +7,14 @@
   after its handler returned. A failing handler is retried with backoff (each retry is a real
   redelivery: XCLAIM bumps the delivery counter); after `max_deliveries` the message goes to the
   dead-letter stream with the error. Messages left pending by a dead consumer are reclaimed after
-  `claim_idle_ms`; a slow live handler keeps its messages claimed so nobody steals them.
+  `claim_idle_ms`; a slow live handler keeps its messages claimed so nobody steals them, and never
+  takes back a message another replica reclaimed from it (after it stalled).
 - Bad data never stops a consumer: entries are read as bytes and decoded one at a time, so one
   that is not UTF-8, not JSON or not a valid envelope is dead-lettered alone with the reason while
   the rest of its batch is handled. A dead letter keeps a bounded excerpt of the payload with its
   size and SHA-256; a large excerpt is stored once even when several groups dead-letter it.
+- A message trimmed away (`MAXLEN ~`) while still pending is counted and dead-lettered with the
+  reason, never dropped silently.
 - Redis outages: every loop retries with backoff; nothing crashes and no acknowledged work is lost
   (an ack that could not be sent means a redelivery, never a loss: delivery is at-least-once, and
   handlers are idempotent through the events' idempotency keys).
@@ -26,6 +29,7 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
@@ -73,6 +77,54 @@ class _Script:
         except NoScriptError:
             return await _raw(redis, "EVAL", self.source, len(keys), *keys, *args)
 
+
+# Every claim of a pending message. XCLAIM alone cannot do it safely: it has no "only if I still
+# hold it" (a keep-alive would take back what another replica reclaimed) and, for an entry trimmed
+# from the stream, it silently drops it from the pending list (a message lost without a trace).
+_CLAIM = _Script("""
+-- KEYS[1]: stream. ARGV: group, consumer, min_idle_ms, holder ('' = any consumer), justid,
+-- ack_gone, count, ids... With count > 0: the oldest `count` pending entries idle for min_idle_ms
+-- (held by `holder` if given); otherwise the listed ids.
+-- Reply per entry: {id, status, holder, deliveries[, fields]} where status is
+--   claimed  now held by `consumer` (with its fields unless justid; a full claim counts a delivery)
+--   lost     held by another consumer than `holder`
+--   gone     pending but deleted from the stream (trimmed); acknowledged when ack_gone
+--   skipped  not pending, or not idle long enough
+local key, group, consumer, min_idle, holder = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local justid, ack_gone, count = ARGV[5] == '1', ARGV[6] == '1', tonumber(ARGV[7])
+local pending = {}
+if count > 0 then
+  if holder ~= '' then
+    pending = redis.call('XPENDING', key, group, 'IDLE', min_idle, '-', '+', count, holder)
+  else
+    pending = redis.call('XPENDING', key, group, 'IDLE', min_idle, '-', '+', count)
+  end
+else
+  for i = 8, #ARGV do
+    local found = redis.call('XPENDING', key, group, 'IDLE', min_idle, ARGV[i], ARGV[i], 1)
+    pending[#pending + 1] = found[1] or {ARGV[i]}
+  end
+end
+local out = {}
+for _, entry in ipairs(pending) do
+  local id, owner, deliveries = entry[1], entry[2], entry[4]
+  if not owner then
+    out[#out + 1] = {id, 'skipped'}
+  elseif holder ~= '' and owner ~= holder then
+    out[#out + 1] = {id, 'lost', owner, deliveries}
+  elseif #redis.call('XRANGE', key, id, id) == 0 then
+    if ack_gone then redis.call('XACK', key, group, id) end
+    out[#out + 1] = {id, 'gone', owner, deliveries}
+  elseif justid then
+    redis.call('XCLAIM', key, group, consumer, 0, id, 'JUSTID')
+    out[#out + 1] = {id, 'claimed', owner, deliveries}
+  else
+    local claimed = redis.call('XCLAIM', key, group, consumer, 0, id)
+    out[#out + 1] = {id, 'claimed', owner, deliveries, claimed[1][2]}
+  end
+end
+return out
+""")
 
 # Append a dead letter and acknowledge its message, atomically. A shared excerpt is stored once per
 # distinct payload: while the letter holding it is retained, later letters for the same bytes
@@ -292,7 +344,9 @@ class ConsumerStats:
     failed: int = 0
     dead_lettered: int = 0
     reclaimed: int = 0
-    invalid: int = 0
+    invalid: int = 0  # not UTF-8, not JSON or not a valid envelope
+    trimmed: int = 0  # messages trimmed from their stream while pending
+    claims_lost: int = 0  # in-flight messages another replica reclaimed (this one had stalled)
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -300,10 +354,40 @@ class ConsumerStats:
 
 @dataclass
 class _InFlight:
-    task: asyncio.Task[None]
     channel: str
     message_id: str
     claimed_at: float = field(default_factory=time.monotonic)
+    lost: bool = False  # another consumer holds it now: its delivery decides, not ours
+    trimmed: bool = False  # deleted from the stream (and acknowledged) while its handler ran
+    task: asyncio.Task[None] | None = None
+
+
+class _ClaimStatus(StrEnum):
+    CLAIMED = "claimed"
+    LOST = "lost"
+    GONE = "gone"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """One entry of a `_CLAIM` reply."""
+
+    message_id: str
+    status: _ClaimStatus
+    holder: str = ""
+    deliveries: int = 0
+    fields: RawFields | None = None
+
+    @classmethod
+    def parse(cls, item: Sequence[Any]) -> _Claim:
+        return cls(
+            message_id=_text(item[0]),
+            status=_ClaimStatus(_text(item[1])),
+            holder=_text(item[2]) if len(item) > 2 else "",
+            deliveries=int(item[3]) if len(item) > 3 else 0,
+            fields=_fields(item[4]) if len(item) > 4 else None,
+        )
 
 
 class Consumer:
@@ -386,9 +470,9 @@ class Consumer:
             await self._flush_acks(deadline=time.monotonic() + 5.0)
 
     async def _drain(self) -> None:
-        if not self._inflight:
+        tasks = [f.task for f in self._inflight.values() if f.task is not None]
+        if not tasks:
             return
-        tasks = [f.task for f in self._inflight.values()]
         log.info("bus.draining", group=self.group, inflight=len(tasks), grace_s=self.grace_s)
         _, pending = await asyncio.wait(tasks, timeout=self.grace_s)
         if pending:
@@ -465,18 +549,18 @@ class Consumer:
         key = (channel, message_id)
         if key in self._inflight:
             return
-        task = asyncio.create_task(self._process(channel, message_id, fields, attempt))
-        self._inflight[key] = _InFlight(task, channel, message_id)
+        flight = _InFlight(channel, message_id)
+        flight.task = asyncio.create_task(self._process(flight, fields, attempt))
+        self._inflight[key] = flight
 
         def done(_: asyncio.Task[None]) -> None:
             self._inflight.pop(key, None)
             self._slot_freed.set()
 
-        task.add_done_callback(done)
+        flight.task.add_done_callback(done)
 
-    async def _process(
-        self, channel: str, message_id: str, fields: RawFields | None, attempt: int
-    ) -> None:
+    async def _process(self, flight: _InFlight, fields: RawFields | None, attempt: int) -> None:
+        channel, message_id = flight.channel, flight.message_id
         raw = (fields or {}).get(b"event")
         try:
             event = parse_event(raw, channel)
@@ -494,60 +578,104 @@ class Consumer:
             return
         assert raw is not None  # parse_event refuses a missing payload
         while True:
-            try:
-                key = self.partition_key(event) if self.partition_key else None
-                async with self._locks.hold(key):
-                    await self.handler(event)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # loop boundary: one bad message never kills the consumer
-                self.stats.failed += 1
-                error = f"{type(exc).__name__}: {exc}"
-                if attempt >= self.max_deliveries:
-                    log.error(
-                        "bus.dead_lettered",
-                        channel=channel,
-                        message_id=message_id,
-                        event_id=event.id,
-                        attempts=attempt,
-                        error=error,
-                    )
-                    await self._dead_letter(channel, message_id, raw, error, attempt)
-                    return
-                delay = backoff_delay(attempt, base=self.retry_backoff_s, cap=30.0)
-                log.warning(
-                    "bus.handler_failed",
-                    channel=channel,
-                    message_id=message_id,
-                    event_id=event.id,
-                    attempt=attempt,
-                    retry_in=round(delay, 3),
-                    error=error,
-                    exc_info=exc,
-                )
-                if not await self._sleep(delay):
-                    return  # stopping: left pending, redelivered later
-                if not await self._claim_for_retry(channel, message_id, delay):
-                    return
-                attempt += 1
-                continue
-            self.stats.handled += 1
-            self._ack(channel, message_id)
-            return
+            failure = await self._run_handler(event)
+            if failure is None:
+                self.stats.handled += 1
+                if not flight.lost:
+                    self._ack(channel, message_id)
+                return
+            error, cause = failure
+            where = {"channel": channel, "message_id": message_id, "event_id": event.id}
+            if flight.lost:
+                # Another replica reclaimed it while this one stalled: its delivery decides.
+                log.warning("bus.handler_failed_after_takeover", **where, error=error)
+                return
+            if flight.trimmed:
+                await self._dead_letter_trimmed(flight, raw, attempt, last_error=error)
+                return
+            if attempt >= self.max_deliveries:
+                log.error("bus.dead_lettered", **where, attempts=attempt, error=error)
+                await self._dead_letter(channel, message_id, raw, error, attempt)
+                return
+            delay = backoff_delay(attempt, base=self.retry_backoff_s, cap=30.0)
+            log.warning(
+                "bus.handler_failed",
+                **where,
+                attempt=attempt,
+                retry_in=round(delay, 3),
+                error=error,
+                exc_info=cause,
+            )
+            if not await self._sleep(delay):
+                return  # stopping: left pending, redelivered later
+            claim = await self._claim_for_retry(channel, message_id)
+            if claim is None:
+                return  # stopping
+            if claim.status is _ClaimStatus.LOST:
+                log.info("bus.retry_taken_over", **where, holder=claim.holder)
+                return
+            if claim.status is _ClaimStatus.GONE:
+                self.stats.trimmed += 1
+                await self._dead_letter_trimmed(flight, raw, attempt, last_error=error)
+                return
+            if claim.status is _ClaimStatus.SKIPPED:
+                # No longer pending anywhere (its group was recreated, or a replica that took it
+                # over finished it): retry here rather than risk dropping it.
+                log.warning("bus.retry_untracked", **where, attempt=attempt + 1)
+            attempt += 1
 
-    async def _claim_for_retry(self, channel: str, message_id: str, waited_s: float) -> bool:
-        """Redeliver to ourselves (XCLAIM bumps the delivery counter). False when someone else
-        took the message meanwhile or it was trimmed away."""
-        min_idle = int(waited_s * 1000 * 0.9)
+    async def _run_handler(self, event: Event) -> tuple[str, Exception] | None:
+        """Run the handler once: None when it succeeded, else what went wrong."""
+        try:
+            key = self.partition_key(event) if self.partition_key else None
+            async with self._locks.hold(key):
+                await self.handler(event)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # loop boundary: one bad message never kills the consumer
+            self.stats.failed += 1
+            return f"{type(exc).__name__}: {exc}", exc
+        return None
+
+    async def _claim_for_retry(self, channel: str, message_id: str) -> _Claim | None:
+        """Redeliver to ourselves (a full claim bumps Redis's delivery counter), only if we still
+        hold the message. None when stopping."""
         while not self._stopping.is_set():
             try:
-                claimed = await _raw(
-                    self.redis, "XCLAIM", channel, self.group, self.name, min_idle, message_id
-                )
-                return bool(claimed)
+                [claim] = await self._claim(channel, ids=[message_id], holder=self.name)
+                return claim
             except CONNECTION_ERRORS:
                 await self._sleep(0.5)
-        return False
+        return None
+
+    async def _claim(
+        self,
+        channel: str,
+        *,
+        ids: Sequence[str] = (),
+        count: int = 0,
+        min_idle: int = 0,
+        holder: str = "",
+        justid: bool = False,
+        ack_gone: bool = False,
+    ) -> list[_Claim]:
+        args = [self.group, self.name, min_idle, holder, int(justid), int(ack_gone), count, *ids]
+        reply = await _CLAIM(self.redis, [channel], args)
+        return [_Claim.parse(item) for item in reply or []]
+
+    def _trimmed_reason(self) -> str:
+        return f"trimmed from the stream while pending (MAXLEN ~ {self.bus.maxlen})"
+
+    async def _dead_letter_trimmed(
+        self, flight: _InFlight, raw: bytes, attempts: int, *, last_error: str
+    ) -> None:
+        """A message whose handler failed after its entry was trimmed: it cannot be redelivered,
+        so it is dead-lettered now, with the payload still in hand."""
+        error = f"{self._trimmed_reason()}; last error: {last_error}"
+        log.error(
+            "bus.dead_lettered", channel=flight.channel, message_id=flight.message_id, error=error
+        )
+        await self._dead_letter(flight.channel, flight.message_id, raw, error, attempts)
 
     async def _dead_letter(
         self, channel: str, message_id: str, raw: bytes | None, error: str, attempts: int
@@ -589,6 +717,7 @@ class Consumer:
             return True
         batch, self._acks = self._acks, defaultdict(list)
         try:
+            # XACK of a lost group or stream answers 0, not an error: nothing to special-case.
             pipe = self.redis.pipeline(transaction=False)
             for channel, ids in batch.items():
                 pipe.xack(channel, self.group, *ids)
@@ -615,15 +744,8 @@ class Consumer:
     async def _resume_own_pending(self) -> None:
         """Messages this consumer name held in a previous life (same instance name) are ours."""
         for channel in self.channels:
-            entries = await self.redis.xpending_range(
-                channel,
-                self.group,
-                min="-",
-                max="+",
-                count=self.concurrency,
-                consumername=self.name,
-            )
-            await self._claim_entries(channel, entries, min_idle=0)
+            claims = await self._claim(channel, count=self.concurrency, holder=self.name)
+            await self._take_over(channel, claims)
 
     async def _reclaim_loop(self) -> None:
         while await self._sleep(self.reclaim_interval_s):
@@ -633,60 +755,74 @@ class Consumer:
                     free = self.concurrency - len(self._inflight)
                     if free <= 0:
                         break
-                    entries = await self.redis.xpending_range(
-                        channel, self.group, min="-", max="+", count=free, idle=self.claim_idle_ms
-                    )
-                    await self._claim_entries(channel, entries, min_idle=self.claim_idle_ms)
+                    claims = await self._claim(channel, count=free, min_idle=self.claim_idle_ms)
+                    await self._take_over(channel, claims)
             except CONNECTION_ERRORS as exc:
                 log.warning("bus.reclaim_failed", group=self.group, error=str(exc))
             except Exception:  # loop boundary
                 log.exception("bus.reclaim_error", group=self.group)
 
     async def _keep_claims_fresh(self) -> None:
-        """A live, slow handler resets its messages' idle time so nobody reclaims them."""
+        """A live handler (running or backing off) resets its messages' idle time so nobody
+        reclaims them, but only while this consumer still holds them: a message another replica
+        reclaimed (this one stalled) stays with that replica."""
         now = time.monotonic()
-        stale: dict[str, list[str]] = defaultdict(list)
+        stale: dict[str, dict[str, _InFlight]] = defaultdict(dict)
         for flight in self._inflight.values():
-            if (now - flight.claimed_at) * 1000 >= self.claim_idle_ms / 3:
-                stale[flight.channel].append(flight.message_id)
-                flight.claimed_at = now
-        for channel, ids in stale.items():
-            await self.redis.xclaim(channel, self.group, self.name, 0, list[Any](ids), justid=True)
-
-    async def _claim_entries(
-        self, channel: str, entries: list[dict[str, Any]], *, min_idle: int
-    ) -> None:
-        for entry in entries:
-            message_id = str(entry["message_id"])
-            if (channel, message_id) in self._inflight:
+            if flight.lost or flight.trimmed:
                 continue
-            delivered = int(entry["times_delivered"])
-            claimed: list[Any] = await _raw(
-                self.redis, "XCLAIM", channel, self.group, self.name, min_idle, message_id
+            if (now - flight.claimed_at) * 1000 >= self.claim_idle_ms / 3:
+                stale[flight.channel][flight.message_id] = flight
+        for channel, flights in stale.items():
+            claims = await self._claim(
+                channel, ids=list(flights), holder=self.name, justid=True, ack_gone=True
             )
-            if not claimed:
-                continue  # another replica was faster, or the entry was trimmed
-            fields = _fields(claimed[0][1])
-            if delivered >= self.max_deliveries:
-                owner = entry.get("consumer")
+            for claim in claims:
+                flight = flights[claim.message_id]
+                flight.claimed_at = now
+                where = {"channel": channel, "message_id": claim.message_id, "group": self.group}
+                if claim.status is _ClaimStatus.LOST:
+                    flight.lost = True
+                    self.stats.claims_lost += 1
+                    log.warning("bus.claim_lost", **where, holder=claim.holder)
+                elif claim.status is _ClaimStatus.GONE:
+                    # Acknowledged by the claim script so no replica reports it while the handler
+                    # still runs; if the handler fails, it is dead-lettered with its payload.
+                    flight.trimmed = True
+                    self.stats.trimmed += 1
+                    log.warning("bus.trimmed_while_pending", **where, reason=self._trimmed_reason())
+
+    async def _take_over(self, channel: str, claims: list[_Claim]) -> None:
+        for claim in claims:
+            message_id = claim.message_id
+            if claim.status is _ClaimStatus.GONE:
+                self.stats.trimmed += 1
+                delivered = f"{claim.deliveries} deliver{'y' if claim.deliveries == 1 else 'ies'}"
+                error = f"{self._trimmed_reason()}; held by {claim.holder} after {delivered}"
+                log.error("bus.dead_lettered", channel=channel, message_id=message_id, error=error)
+                await self._dead_letter(channel, message_id, None, error, claim.deliveries)
+                continue
+            if claim.status is not _ClaimStatus.CLAIMED:
+                continue
+            if claim.deliveries >= self.max_deliveries:
                 error = (
-                    f"not acknowledged after {delivered} deliveries "
-                    f"(last consumer {owner} crashed or stalled)"
+                    f"not acknowledged after {claim.deliveries} deliveries "
+                    f"(last consumer {claim.holder} crashed or stalled)"
                 )
                 log.error("bus.dead_lettered", channel=channel, message_id=message_id, error=error)
-                raw = (fields or {}).get(b"event")
-                shown = raw if raw is not None else _render(fields)
-                await self._dead_letter(channel, message_id, shown, error, delivered)
+                raw = (claim.fields or {}).get(b"event")
+                shown = raw if raw is not None else _render(claim.fields)
+                await self._dead_letter(channel, message_id, shown, error, claim.deliveries)
                 continue
             self.stats.reclaimed += 1
             log.info(
                 "bus.reclaimed",
                 channel=channel,
                 message_id=message_id,
-                from_consumer=entry.get("consumer"),
-                delivery=delivered + 1,
+                from_consumer=claim.holder,
+                delivery=claim.deliveries + 1,
             )
-            self._dispatch(channel, message_id, fields, attempt=delivered + 1)
+            self._dispatch(channel, message_id, claim.fields, attempt=claim.deliveries + 1)
 
 
 def _text(value: Any) -> str:

@@ -72,7 +72,10 @@ class BusSettings(_Section):
     """Event bus (Redis Streams)."""
 
     stream_maxlen: int = Field(
-        default=100_000, ge=100, description="Approximate length bound of each channel's stream."
+        default=100_000,
+        ge=100,
+        description="Approximate length bound of each channel's stream (MAXLEN ~): an event is "
+        "trimmed once about this many newer ones follow it; if still pending, it is dead-lettered.",
     )
     dead_letter_maxlen: int = Field(
         default=100_000, ge=100, description="Approximate length bound of the dead-letter stream."

@@ -71,3 +71,9 @@ async def pending(redis: Any, group: str = "g", channel: str = Channel.HEALTH_AL
 
 async def all_acked(redis: Any, group: str = "g", channel: str = Channel.HEALTH_ALERT) -> bool:
     return await pending(redis, group, channel) == 0
+
+
+async def owner_of(redis: Any, message_id: str, group: str = "g") -> str | None:
+    """The consumer holding a pending message (None when it is not pending)."""
+    entries = await redis.xpending_range(Channel.HEALTH_ALERT, group, message_id, message_id, 1)
+    return str(entries[0]["consumer"]) if entries else None
