@@ -13,8 +13,10 @@
   that is not UTF-8, not JSON or not a valid envelope is dead-lettered alone with the reason while
   the rest of its batch is handled. A dead letter keeps a bounded excerpt of the payload with its
   size and SHA-256; a large excerpt is stored once even when several groups dead-letter it.
-- A message trimmed away (`MAXLEN ~`) while still pending is counted and dead-lettered with the
-  reason, never dropped silently.
+- Lost keys never stop a consumer: a stream or group deleted under it (DEL, FLUSHALL, XGROUP
+  DESTROY, a restore from an older snapshot) is recreated, after the last entry this consumer had
+  seen, so nothing is replayed. A message trimmed away (`MAXLEN ~`) while still pending is counted
+  and dead-lettered with the reason, never dropped silently.
 - Redis outages: every loop retries with backoff; nothing crashes and no acknowledged work is lost
   (an ack that could not be sent means a redelivery, never a loss: delivery is at-least-once, and
   handlers are idempotent through the events' idempotency keys).
@@ -216,11 +218,17 @@ class Bus:
         before a consumer type first started are not lost; consumers that must not act on stale
         events (the Responder) check the event's age themselves.
         """
+        await self.create_group(channel, group, start)
+
+    async def create_group(self, channel: str, group: str, start: str = "0") -> bool:
+        """Create the group (and the stream) at `start` if missing; True when it was created."""
         try:
             await self.redis.xgroup_create(channel, group, id=start, mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+            return False
+        return True
 
     async def dead_letter(
         self,
@@ -347,6 +355,7 @@ class ConsumerStats:
     invalid: int = 0  # not UTF-8, not JSON or not a valid envelope
     trimmed: int = 0  # messages trimmed from their stream while pending
     claims_lost: int = 0  # in-flight messages another replica reclaimed (this one had stalled)
+    groups_recreated: int = 0  # streams or groups lost under this consumer and recreated
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -435,6 +444,10 @@ class Consumer:
         self._acks_closed = False
         self._locks = KeyedLocks()
         self._connected = True
+        # Per channel, the newest entry id this consumer knows its group had reached: where a
+        # lost group is recreated.
+        self._seen: dict[str, tuple[int, int]] = {}
+        self._recovering = asyncio.Lock()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -504,9 +517,55 @@ class Consumer:
                 )
                 await self._sleep(delay)
 
+    # ------------------------------------------------------------------ groups
+
     async def _ensure_groups(self) -> None:
         for channel in self.channels:
-            await self.bus.ensure_group(channel, self.group)
+            await self.bus.create_group(channel, self.group)
+            groups = await _raw(self.redis, "XINFO", "GROUPS", channel)
+            for info in map(_mapping, groups or []):
+                if _text(info.get(b"name")) == self.group:
+                    self._saw(channel, _text(info.get(b"last-delivered-id") or b"0-0"))
+
+    def _saw(self, channel: str, message_id: str) -> None:
+        self._seen[channel] = max(self._seen.get(channel, (0, 0)), _parse_id(message_id))
+
+    async def _recover_groups(self, cause: Exception) -> None:
+        """The stream or the group vanished under us (DEL, FLUSHALL, XGROUP DESTROY, a restart
+        without persistence, a restore from an older snapshot): recreate it and carry on."""
+        async with self._recovering:  # the read loop, the reclaim loop and retries may all notice
+            await self._until_connected(lambda: self._recreate_groups(str(cause)))
+
+    async def _recreate_groups(self, cause: str) -> None:
+        for channel in self.channels:
+            start = await self._restart_point(channel)
+            if await self.bus.create_group(channel, self.group, start):
+                self.stats.groups_recreated += 1
+                log.warning(
+                    "bus.group_recreated",
+                    channel=channel,
+                    group=self.group,
+                    start=start,
+                    cause=cause,
+                )
+
+    async def _restart_point(self, channel: str) -> str:
+        """Where a lost group restarts: after the last entry this consumer knows the group had
+        reached, so handled events are not replayed (a whole retained stream replayed into the
+        Analyzer or the Alert agent would act on stale events again); from the start when the
+        stream was deleted or replaced (its ids no longer reach that far), so that no event
+        published since is skipped."""
+        seen = self._seen.get(channel, (0, 0))
+        if seen == (0, 0):
+            return "0"
+        try:
+            info = _mapping(await _raw(self.redis, "XINFO", "STREAM", channel))
+        except ResponseError as exc:
+            if "no such key" not in str(exc).lower():
+                raise
+            return "0"
+        last = _parse_id(_text(info.get(b"last-generated-id") or b"0-0"))
+        return f"{seen[0]}-{seen[1]}" if last >= seen else "0"
 
     # ------------------------------------------------------------------ reading
 
@@ -524,12 +583,11 @@ class Consumer:
                     "BLOCK", self.block_ms, "STREAMS", *self.channels, *[">"] * len(self.channels),
                 )  # fmt: skip
             except ResponseError as exc:
-                if "NOGROUP" in str(exc):
-                    # Redis lost the group (restarted without persistence, stream deleted).
-                    log.warning("bus.group_missing", group=self.group, error=str(exc))
-                    await self._until_connected(self._ensure_groups)
-                    continue
-                raise
+                if not _group_lost(exc):
+                    raise
+                log.warning("bus.group_missing", group=self.group, error=str(exc))
+                await self._recover_groups(exc)
+                continue
             except CONNECTION_ERRORS as exc:
                 attempt += 1
                 self._connected = False
@@ -541,6 +599,7 @@ class Consumer:
             self._connected = True
             for channel, messages in _stream_items(response):
                 for message_id, fields in messages:
+                    self._saw(channel, message_id)
                     self._dispatch(channel, message_id, fields, attempt=1)
 
     def _dispatch(
@@ -646,6 +705,11 @@ class Consumer:
                 return claim
             except CONNECTION_ERRORS:
                 await self._sleep(0.5)
+            except ResponseError as exc:
+                if not _group_lost(exc):
+                    raise
+                await self._recover_groups(exc)
+                return _Claim(message_id, _ClaimStatus.SKIPPED)  # its pending entry went too
         return None
 
     async def _claim(
@@ -744,7 +808,13 @@ class Consumer:
     async def _resume_own_pending(self) -> None:
         """Messages this consumer name held in a previous life (same instance name) are ours."""
         for channel in self.channels:
-            claims = await self._claim(channel, count=self.concurrency, holder=self.name)
+            try:
+                claims = await self._claim(channel, count=self.concurrency, holder=self.name)
+            except ResponseError as exc:
+                if not _group_lost(exc):
+                    raise
+                await self._recover_groups(exc)  # a new group holds nothing of ours
+                continue
             await self._take_over(channel, claims)
 
     async def _reclaim_loop(self) -> None:
@@ -759,6 +829,11 @@ class Consumer:
                     await self._take_over(channel, claims)
             except CONNECTION_ERRORS as exc:
                 log.warning("bus.reclaim_failed", group=self.group, error=str(exc))
+            except ResponseError as exc:
+                if not _group_lost(exc):
+                    log.exception("bus.reclaim_error", group=self.group)
+                    continue
+                await self._recover_groups(exc)
             except Exception:  # loop boundary
                 log.exception("bus.reclaim_error", group=self.group)
 
@@ -825,6 +900,13 @@ class Consumer:
             self._dispatch(channel, message_id, claim.fields, attempt=claim.deliveries + 1)
 
 
+def _group_lost(exc: ResponseError) -> bool:
+    """NOGROUP: the group (or its stream) is gone. UNBLOCKED: a blocked read's stream was deleted
+    (DEL, FLUSHALL/FLUSHDB) while it waited."""
+    message = str(exc)
+    return "NOGROUP" in message or message.startswith("UNBLOCKED")
+
+
 def _text(value: Any) -> str:
     """Decode a reply element read as bytes; names and ids are ours, but never fail on junk."""
     if isinstance(value, bytes):
@@ -850,6 +932,11 @@ def _render(fields: RawFields | None) -> bytes:
     """An entry without an `event` field, shown whole in its dead letter (bytes reprs: ASCII, each
     bad byte escaped once)."""
     return repr(fields).encode()
+
+
+def _parse_id(message_id: str) -> tuple[int, int]:
+    ms, _, seq = message_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _excerpt(payload: bytes, limit: int) -> tuple[str, bool]:

@@ -1,5 +1,6 @@
 """Failure modes of the bus with real processes: a consumer killed or frozen mid-message, Redis
-restarted mid-stream, pending messages trimmed away, a slow handler, a graceful stop."""
+restarted mid-stream, streams and groups deleted under a running consumer, pending messages trimmed
+away, a slow handler, a graceful stop."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from shared.events import Channel
 from tests.support import factories
 from tests.support.bus import (
     all_acked,
+    blocked_readers,
     dead_letters,
     fast_consumer,
     owner_of,
@@ -168,6 +170,42 @@ async def test_redis_restarted_mid_stream_loses_no_events(tmp_path):
 
 async def _pending(redis) -> bool:
     return (await redis.xpending(Channel.HEALTH_ALERT, "g"))["pending"] == 0
+
+
+LOSSES = {
+    "DEL": lambda redis: redis.delete(Channel.HEALTH_ALERT),
+    "FLUSHALL": lambda redis: redis.flushall(),
+    "FLUSHDB": lambda redis: redis.flushdb(),
+    "XGROUP DESTROY": lambda redis: redis.xgroup_destroy(Channel.HEALTH_ALERT, "g"),
+}
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+async def test_a_stream_or_group_deleted_under_a_blocked_consumer_is_recreated(redis, loss):
+    bus = Bus(redis)
+    await bus.ensure_group(Channel.HEALTH_ALERT, "g")
+    handled: list[str] = []
+
+    async def handler(ev):
+        handled.append(ev.id)
+
+    # A long block, so the loss lands while the read waits (Redis answers it "UNBLOCKED ...").
+    consumer = fast_consumer(bus, handler, block_ms=2_000)
+    before = factories.health_alert()
+    async with running(consumer) as task:
+        await bus.publish(before)
+        await wait_until(lambda: consumer.stats.handled == 1)
+        await wait_until(lambda: all_acked(redis), what="ack sent")
+        await wait_until(lambda: blocked_readers(redis), what="consumer blocked in XREADGROUP")
+        await LOSSES[loss](redis)
+        after = factories.health_alert()
+        await bus.publish(after)
+        await wait_until(lambda: after.id in handled, what="an event published after the loss")
+        await wait_until(lambda: all_acked(redis), what="ack sent")
+        assert not task.done()
+    # Nothing was replayed: the group was recreated after the last entry this consumer had seen.
+    assert handled == [before.id, after.id]
+    assert consumer.stats.groups_recreated == 1
 
 
 async def test_a_message_trimmed_while_pending_on_a_dead_consumer_is_counted_and_dead_lettered(

@@ -59,6 +59,14 @@ def fast_consumer(
     return consumer
 
 
+async def blocked_readers(redis: Any) -> int:
+    """Clients blocked in XREADGROUP right now: a loss that lands then is seen by the blocked read
+    itself ("UNBLOCKED ..."), not by the next one."""
+    return sum(
+        1 for c in await redis.client_list() if c["cmd"] == "xreadgroup" and "b" in c["flags"]
+    )
+
+
 async def dead_letters(redis: Any) -> list[tuple[str, dict[str, str]]]:
     entries: list[tuple[str, dict[str, str]]] = await redis.xrange(DEAD_LETTER_STREAM)
     return entries
