@@ -6,9 +6,11 @@
   consumer per replica). Handlers run concurrently up to a bound; a message is acknowledged only
   after its handler returned. A failing handler is retried with backoff (each retry is a real
   redelivery: XCLAIM bumps the delivery counter); after `max_deliveries` the message goes to the
-  dead-letter stream with the error. Messages left pending by a dead consumer are reclaimed after
+  dead-letter stream with the error. A handler that hangs is cancelled after `handler_timeout_s`
+  and treated as failed. Messages left pending by a dead consumer are reclaimed after
   `claim_idle_ms`; a slow live handler keeps its messages claimed so nobody steals them, and never
   takes back a message another replica reclaimed from it (after it stalled).
+  Handlers learn which stream entry they handle from `current_delivery()`.
 - Bad data never stops a consumer: entries are read as bytes and decoded one at a time, so one
   that is not UTF-8, not JSON or not a valid envelope is dead-lettered alone with the reason while
   the rest of its batch is handled. A dead letter keeps a bounded excerpt of the payload with its
@@ -30,6 +32,7 @@ import hashlib
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -64,6 +67,27 @@ async def _raw(redis: Redis, *args: Any) -> Any:
 # smaller ones are cheaper inline than the marker key that deduplicates them.
 _SHARE_EXCERPT_OVER = 4_096
 _EXCERPT_MARKER_TTL_MS = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """The stream entry a handler is handling. A retry of the same entry keeps `message_id` and
+    raises `attempt`; a twin entry (the same event or idempotency key published again) has its own
+    `message_id`."""
+
+    channel: str
+    message_id: str
+    group: str
+    consumer: str
+    attempt: int
+
+
+_delivery: ContextVar[Delivery | None] = ContextVar("hemostat_bus_delivery", default=None)
+
+
+def current_delivery() -> Delivery | None:
+    """The delivery the running bus handler is handling; None outside a handler."""
+    return _delivery.get()
 
 
 class _Script:
@@ -300,6 +324,7 @@ class Bus:
         claim_idle_ms: int = 30_000,
         reclaim_interval_s: float = 5.0,
         retry_backoff_s: float = 0.5,
+        handler_timeout_s: float | None = 900.0,
         grace_s: float = 20.0,
         partition_key: PartitionKey | None = None,
     ) -> Consumer:
@@ -315,6 +340,7 @@ class Bus:
             claim_idle_ms=claim_idle_ms,
             reclaim_interval_s=reclaim_interval_s,
             retry_backoff_s=retry_backoff_s,
+            handler_timeout_s=handler_timeout_s,
             grace_s=grace_s,
             partition_key=partition_key,
         )
@@ -341,6 +367,7 @@ class Bus:
             claim_idle_ms=settings.bus_claim_idle_ms,
             reclaim_interval_s=settings.bus_reclaim_interval_s,
             retry_backoff_s=settings.bus_retry_backoff_s,
+            handler_timeout_s=settings.bus_handler_timeout_s,
             grace_s=settings.shutdown_grace_s,
             partition_key=partition_key,
         )
@@ -349,10 +376,11 @@ class Bus:
 @dataclass
 class ConsumerStats:
     handled: int = 0
-    failed: int = 0
+    failed: int = 0  # handler failures, timeouts included (one per attempt)
     dead_lettered: int = 0
     reclaimed: int = 0
     invalid: int = 0  # not UTF-8, not JSON or not a valid envelope
+    timed_out: int = 0  # handler attempts cancelled after handler_timeout_s
     trimmed: int = 0  # messages trimmed from their stream while pending
     claims_lost: int = 0  # in-flight messages another replica reclaimed (this one had stalled)
     groups_recreated: int = 0  # streams or groups lost under this consumer and recreated
@@ -416,6 +444,7 @@ class Consumer:
         claim_idle_ms: int,
         reclaim_interval_s: float,
         retry_backoff_s: float,
+        handler_timeout_s: float | None,
         grace_s: float,
         partition_key: PartitionKey | None,
     ) -> None:
@@ -433,6 +462,7 @@ class Consumer:
         self.claim_idle_ms = claim_idle_ms
         self.reclaim_interval_s = reclaim_interval_s
         self.retry_backoff_s = retry_backoff_s
+        self.handler_timeout_s = handler_timeout_s
         self.grace_s = grace_s
         self.partition_key = partition_key
         self.stats = ConsumerStats()
@@ -637,7 +667,7 @@ class Consumer:
             return
         assert raw is not None  # parse_event refuses a missing payload
         while True:
-            failure = await self._run_handler(event)
+            failure = await self._run_handler(flight, event, attempt)
             if failure is None:
                 self.stats.handled += 1
                 if not flight.lost:
@@ -683,17 +713,29 @@ class Consumer:
                 log.warning("bus.retry_untracked", **where, attempt=attempt + 1)
             attempt += 1
 
-    async def _run_handler(self, event: Event) -> tuple[str, Exception] | None:
+    async def _run_handler(
+        self, flight: _InFlight, event: Event, attempt: int
+    ) -> tuple[str, Exception] | None:
         """Run the handler once: None when it succeeded, else what went wrong."""
+        delivery = Delivery(flight.channel, flight.message_id, self.group, self.name, attempt)
+        token = _delivery.set(delivery)
+        deadline = asyncio.timeout(self.handler_timeout_s)
         try:
             key = self.partition_key(event) if self.partition_key else None
-            async with self._locks.hold(key):
+            # The deadline starts once the partition lock is held: waiting behind another event
+            # of the same key is not this handler hanging.
+            async with self._locks.hold(key), deadline:
                 await self.handler(event)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # loop boundary: one bad message never kills the consumer
             self.stats.failed += 1
+            if isinstance(exc, TimeoutError) and deadline.expired():
+                self.stats.timed_out += 1
+                return f"handler timed out after {self.handler_timeout_s:g}s (cancelled)", exc
             return f"{type(exc).__name__}: {exc}", exc
+        finally:
+            _delivery.reset(token)
         return None
 
     async def _claim_for_retry(self, channel: str, message_id: str) -> _Claim | None:

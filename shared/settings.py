@@ -102,6 +102,12 @@ class BusSettings(_Section):
     bus_retry_backoff_s: float = Field(
         default=0.5, ge=0, description="First retry delay of a failed handler (doubles each time)."
     )
+    bus_handler_timeout_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="A handler running longer is cancelled, retried, then dead-lettered. Generous: "
+        "a Responder restart may wait a runbook's stop_timeout_s (<= 600 s), then verify.",
+    )
     bus_concurrency: int = Field(
         default=16, ge=1, le=1024, description="Handlers running at once per agent process."
     )
