@@ -6,9 +6,19 @@
   consumer per replica). Handlers run concurrently up to a bound; a message is acknowledged only
   after its handler returned. A failing handler is retried with backoff (each retry is a real
   redelivery: XCLAIM bumps the delivery counter); after `max_deliveries` the message goes to the
-  dead-letter stream with the error. Messages left pending by a dead consumer are reclaimed after
-  `claim_idle_ms`; a slow live handler keeps its messages claimed so nobody steals them.
-  Malformed JSON or an invalid envelope is dead-lettered at once with the reason.
+  dead-letter stream with the error. A handler that hangs is cancelled after `handler_timeout_s`
+  and treated as failed. Messages left pending by a dead consumer are reclaimed after
+  `claim_idle_ms`; a slow live handler keeps its messages claimed so nobody steals them, and never
+  takes back a message another replica reclaimed from it (after it stalled).
+  Handlers learn which stream entry they handle from `current_delivery()`.
+- Bad data never stops a consumer: entries are read as bytes and decoded one at a time, so one
+  that is not UTF-8, not JSON or not a valid envelope is dead-lettered alone with the reason while
+  the rest of its batch is handled. A dead letter keeps a bounded excerpt of the payload with its
+  size and SHA-256; a large excerpt is stored once even when several groups dead-letter it.
+- Lost keys never stop a consumer: a stream or group deleted under it (DEL, FLUSHALL, XGROUP
+  DESTROY, a restore from an older snapshot) is recreated, after the last entry this consumer had
+  seen, so nothing is replayed. A message trimmed away (`MAXLEN ~`) while still pending is counted
+  and dead-lettered with the reason, never dropped silently.
 - Redis outages: every loop retries with backoff; nothing crashes and no acknowledged work is lost
   (an ack that could not be sent means a redelivery, never a loss: delivery is at-least-once, and
   handlers are idempotent through the events' idempotency keys).
@@ -18,15 +28,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
+import hashlib
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, TypeVar
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.client import NEVER_DECODE
+from redis.exceptions import NoScriptError, ResponseError
 
 from shared.backoff import backoff_delay
 from shared.errors import BusUnavailable, InvalidEventError
@@ -39,10 +52,31 @@ from shared.tasks import KeyedLocks, join_tasks
 log = get_logger(__name__)
 
 
+
+
+T = TypeVar("T")
+Handler = Callable[[Event], Awaitable[None]]
+PartitionKey = Callable[[Event], str | None]
+RawFields = dict[bytes, bytes]
+
+
+async def _raw(redis: Redis, *args: Any) -> Any:
+    """A command whose reply is read as bytes, whatever the client's decode_responses: decoding a
+    whole reply at once lets one entry that is not UTF-8 fail its entire batch."""
+    return await redis.execute_command(*args, **{NEVER_DECODE: True})  # type: ignore[no-untyped-call]
+
+
+# A dead letter's excerpt larger than this is stored once per distinct payload (see dead_letter);
+# smaller ones are cheaper inline than the marker key that deduplicates them.
+_SHARE_EXCERPT_OVER = 4_096
+_EXCERPT_MARKER_TTL_MS = 24 * 3600 * 1000
+
+
 @dataclass(frozen=True)
 class Delivery:
-    """Which stream entry a handler is handling (a redelivery of the same entry is the same
-    Delivery; a twin entry carrying the same idempotency key is not)."""
+    """The stream entry a handler is handling. A retry of the same entry keeps `message_id` and
+    raises `attempt`; a twin entry (the same event or idempotency key published again) has its own
+    `message_id`."""
 
     channel: str
     message_id: str
@@ -51,19 +85,100 @@ class Delivery:
     attempt: int
 
 
-_DELIVERY: contextvars.ContextVar[Delivery | None] = contextvars.ContextVar(
-    "hemostat_delivery", default=None
-)
+_delivery: ContextVar[Delivery | None] = ContextVar("hemostat_bus_delivery", default=None)
 
 
 def current_delivery() -> Delivery | None:
-    """The delivery the running handler was called for (None outside a consumer)."""
-    return _DELIVERY.get()
+    """The delivery the running bus handler is handling; None outside a handler."""
+    return _delivery.get()
 
 
-T = TypeVar("T")
-Handler = Callable[[Event], Awaitable[None]]
-PartitionKey = Callable[[Event], str | None]
+class _Script:
+    """A Lua script, run with EVALSHA (EVAL when Redis lost its script cache, e.g. restarted)."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, redis: Redis, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        try:
+            return await _raw(redis, "EVALSHA", self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            return await _raw(redis, "EVAL", self.source, len(keys), *keys, *args)
+
+
+# Every claim of a pending message. XCLAIM alone cannot do it safely: it has no "only if I still
+# hold it" (a keep-alive would take back what another replica reclaimed) and, for an entry trimmed
+# from the stream, it silently drops it from the pending list (a message lost without a trace).
+_CLAIM = _Script("""
+-- KEYS[1]: stream. ARGV: group, consumer, min_idle_ms, holder ('' = any consumer), justid,
+-- ack_gone, count, ids... With count > 0: the oldest `count` pending entries idle for min_idle_ms
+-- (held by `holder` if given); otherwise the listed ids.
+-- Reply per entry: {id, status, holder, deliveries[, fields]} where status is
+--   claimed  now held by `consumer` (with its fields unless justid; a full claim counts a delivery)
+--   lost     held by another consumer than `holder`
+--   gone     pending but deleted from the stream (trimmed); acknowledged when ack_gone
+--   skipped  not pending, or not idle long enough
+local key, group, consumer, min_idle, holder = KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local justid, ack_gone, count = ARGV[5] == '1', ARGV[6] == '1', tonumber(ARGV[7])
+local pending = {}
+if count > 0 then
+  if holder ~= '' then
+    pending = redis.call('XPENDING', key, group, 'IDLE', min_idle, '-', '+', count, holder)
+  else
+    pending = redis.call('XPENDING', key, group, 'IDLE', min_idle, '-', '+', count)
+  end
+else
+  for i = 8, #ARGV do
+    local found = redis.call('XPENDING', key, group, 'IDLE', min_idle, ARGV[i], ARGV[i], 1)
+    pending[#pending + 1] = found[1] or {ARGV[i]}
+  end
+end
+local out = {}
+for _, entry in ipairs(pending) do
+  local id, owner, deliveries = entry[1], entry[2], entry[4]
+  if not owner then
+    out[#out + 1] = {id, 'skipped'}
+  elseif holder ~= '' and owner ~= holder then
+    out[#out + 1] = {id, 'lost', owner, deliveries}
+  elseif #redis.call('XRANGE', key, id, id) == 0 then
+    if ack_gone then redis.call('XACK', key, group, id) end
+    out[#out + 1] = {id, 'gone', owner, deliveries}
+  elseif justid then
+    redis.call('XCLAIM', key, group, consumer, 0, id, 'JUSTID')
+    out[#out + 1] = {id, 'claimed', owner, deliveries}
+  else
+    local claimed = redis.call('XCLAIM', key, group, consumer, 0, id)
+    out[#out + 1] = {id, 'claimed', owner, deliveries, claimed[1][2]}
+  end
+end
+return out
+""")
+
+# Append a dead letter and acknowledge its message, atomically. A shared excerpt is stored once per
+# distinct payload: while the letter holding it is retained, later letters for the same bytes
+# (other groups failing the same entry) name it in `excerpt_in` instead of copying it.
+_DEAD_LETTER = _Script("""
+-- KEYS: dead-letter stream, source stream, marker (id of the letter holding the excerpt)
+-- ARGV: maxlen, group, message_id, marker_ttl_ms, share, excerpt, field, value, ...
+local fields = {}
+for i = 7, #ARGV do fields[#fields + 1] = ARGV[i] end
+local share = ARGV[5] == '1'
+local holder = false
+if share then
+  holder = redis.call('GET', KEYS[3])
+  if holder and #redis.call('XRANGE', KEYS[1], holder, holder) == 0 then holder = false end
+end
+if holder then
+  for _, v in ipairs({'event', '', 'excerpt_in', holder}) do fields[#fields + 1] = v end
+else
+  for _, v in ipairs({'event', ARGV[6]}) do fields[#fields + 1] = v end
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(fields))
+if share and not holder then redis.call('SET', KEYS[3], id, 'PX', ARGV[4]) end
+redis.call('XACK', KEYS[2], ARGV[2], ARGV[3])
+return id
+""")
 
 
 class Bus:
@@ -75,17 +190,22 @@ class Bus:
         *,
         maxlen: int = 100_000,
         dead_letter_maxlen: int = 100_000,
+        dead_letter_excerpt_bytes: int = 65_536,
         publish_attempts: int = 6,
     ) -> None:
         self.redis = redis
         self.maxlen = maxlen
         self.dead_letter_maxlen = dead_letter_maxlen
+        self.dead_letter_excerpt_bytes = dead_letter_excerpt_bytes
         self.publish_attempts = publish_attempts
 
     @classmethod
     def from_settings(cls, redis: Redis, settings: Settings) -> Bus:
         return cls(
-            redis, maxlen=settings.stream_maxlen, dead_letter_maxlen=settings.dead_letter_maxlen
+            redis,
+            maxlen=settings.stream_maxlen,
+            dead_letter_maxlen=settings.dead_letter_maxlen,
+            dead_letter_excerpt_bytes=settings.dead_letter_excerpt_bytes,
         )
 
     async def publish(self, event: Envelope) -> str:
@@ -125,11 +245,17 @@ class Bus:
         before a consumer type first started are not lost; consumers that must not act on stale
         events (the Responder) check the event's age themselves.
         """
+        await self.create_group(channel, group, start)
+
+    async def create_group(self, channel: str, group: str, start: str = "0") -> bool:
+        """Create the group (and the stream) at `start` if missing; True when it was created."""
         try:
             await self.redis.xgroup_create(channel, group, id=start, mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+            return False
+        return True
 
     async def dead_letter(
         self,
@@ -138,25 +264,41 @@ class Bus:
         group: str,
         consumer: str,
         message_id: str,
-        raw: str,
+        raw: str | bytes | None,
         error: str,
         attempts: int,
-    ) -> None:
-        """Move one message to the dead-letter stream with the error, and acknowledge it."""
-        fields: dict[Any, Any] = {
+    ) -> str:
+        """Move one message to the dead-letter stream with the error and acknowledge it, atomically;
+        returns the dead letter's id.
+
+        The letter keeps an excerpt of the payload (`event`: its first `dead_letter_excerpt_bytes`,
+        bad bytes backslash-escaped so readers can decode it; `truncated` says whether that is all)
+        with the whole payload's `size` and `sha256`. `raw=None` means the payload is gone (the
+        entry was trimmed). An excerpt over 4 KiB is stored once per distinct payload: the letters
+        of other groups failing the same bytes name the letter holding it in `excerpt_in`.
+        """
+        payload = raw.encode() if isinstance(raw, str) else (raw or b"")
+        excerpt, truncated = _excerpt(payload, self.dead_letter_excerpt_bytes)
+        digest = hashlib.sha256(payload).hexdigest() if raw is not None else ""
+        fields = {
             "channel": channel,
             "group": group,
             "consumer": consumer,
             "message_id": message_id,
             "attempts": str(attempts),
-            "error": error[:2000],
-            "event": raw,
+            # Exception texts may carry lone surrogates, which the client refuses to encode.
+            "error": error[:2000].encode("utf-8", "backslashreplace").decode(),
             "failed_at": f"{time.time():.3f}",
+            "size": str(len(payload)),
+            "sha256": digest,
+            "truncated": "true" if truncated else "false",
         }
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(DEAD_LETTER_STREAM, fields, maxlen=self.dead_letter_maxlen, approximate=True)
-            pipe.xack(channel, group, message_id)
-            await pipe.execute()
+        share = len(excerpt.encode()) > _SHARE_EXCERPT_OVER
+        marker = f"{DEAD_LETTER_STREAM}:excerpt:{digest}"
+        args = [self.dead_letter_maxlen, group, message_id, _EXCERPT_MARKER_TTL_MS, int(share)]
+        args += [excerpt, *(item for pair in fields.items() for item in pair)]
+        letter_id = await _DEAD_LETTER(self.redis, [DEAD_LETTER_STREAM, channel, marker], args)
+        return _text(letter_id)
 
     async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
         last: BaseException | None = None
@@ -185,6 +327,7 @@ class Bus:
         claim_idle_ms: int = 30_000,
         reclaim_interval_s: float = 5.0,
         retry_backoff_s: float = 0.5,
+        handler_timeout_s: float | None = 900.0,
         grace_s: float = 20.0,
         partition_key: PartitionKey | None = None,
     ) -> Consumer:
@@ -200,6 +343,7 @@ class Bus:
             claim_idle_ms=claim_idle_ms,
             reclaim_interval_s=reclaim_interval_s,
             retry_backoff_s=retry_backoff_s,
+            handler_timeout_s=handler_timeout_s,
             grace_s=grace_s,
             partition_key=partition_key,
         )
@@ -226,6 +370,7 @@ class Bus:
             claim_idle_ms=settings.bus_claim_idle_ms,
             reclaim_interval_s=settings.bus_reclaim_interval_s,
             retry_backoff_s=settings.bus_retry_backoff_s,
+            handler_timeout_s=settings.bus_handler_timeout_s,
             grace_s=settings.shutdown_grace_s,
             partition_key=partition_key,
         )
@@ -234,10 +379,14 @@ class Bus:
 @dataclass
 class ConsumerStats:
     handled: int = 0
-    failed: int = 0
+    failed: int = 0  # handler failures, timeouts included (one per attempt)
     dead_lettered: int = 0
     reclaimed: int = 0
-    invalid: int = 0
+    invalid: int = 0  # not UTF-8, not JSON or not a valid envelope
+    timed_out: int = 0  # handler attempts cancelled after handler_timeout_s
+    trimmed: int = 0  # messages trimmed from their stream while pending
+    claims_lost: int = 0  # in-flight messages another replica reclaimed (this one had stalled)
+    groups_recreated: int = 0  # streams or groups lost under this consumer and recreated
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -245,10 +394,40 @@ class ConsumerStats:
 
 @dataclass
 class _InFlight:
-    task: asyncio.Task[None]
     channel: str
     message_id: str
     claimed_at: float = field(default_factory=time.monotonic)
+    lost: bool = False  # another consumer holds it now: its delivery decides, not ours
+    trimmed: bool = False  # deleted from the stream (and acknowledged) while its handler ran
+    task: asyncio.Task[None] | None = None
+
+
+class _ClaimStatus(StrEnum):
+    CLAIMED = "claimed"
+    LOST = "lost"
+    GONE = "gone"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """One entry of a `_CLAIM` reply."""
+
+    message_id: str
+    status: _ClaimStatus
+    holder: str = ""
+    deliveries: int = 0
+    fields: RawFields | None = None
+
+    @classmethod
+    def parse(cls, item: Sequence[Any]) -> _Claim:
+        return cls(
+            message_id=_text(item[0]),
+            status=_ClaimStatus(_text(item[1])),
+            holder=_text(item[2]) if len(item) > 2 else "",
+            deliveries=int(item[3]) if len(item) > 3 else 0,
+            fields=_fields(item[4]) if len(item) > 4 else None,
+        )
 
 
 class Consumer:
@@ -268,6 +447,7 @@ class Consumer:
         claim_idle_ms: int,
         reclaim_interval_s: float,
         retry_backoff_s: float,
+        handler_timeout_s: float | None,
         grace_s: float,
         partition_key: PartitionKey | None,
     ) -> None:
@@ -285,6 +465,7 @@ class Consumer:
         self.claim_idle_ms = claim_idle_ms
         self.reclaim_interval_s = reclaim_interval_s
         self.retry_backoff_s = retry_backoff_s
+        self.handler_timeout_s = handler_timeout_s
         self.grace_s = grace_s
         self.partition_key = partition_key
         self.stats = ConsumerStats()
@@ -296,6 +477,10 @@ class Consumer:
         self._acks_closed = False
         self._locks = KeyedLocks()
         self._connected = True
+        # Per channel, the newest entry id this consumer knows its group had reached: where a
+        # lost group is recreated.
+        self._seen: dict[str, tuple[int, int]] = {}
+        self._recovering = asyncio.Lock()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -331,9 +516,9 @@ class Consumer:
             await self._flush_acks(deadline=time.monotonic() + 5.0)
 
     async def _drain(self) -> None:
-        if not self._inflight:
+        tasks = [f.task for f in self._inflight.values() if f.task is not None]
+        if not tasks:
             return
-        tasks = [f.task for f in self._inflight.values()]
         log.info("bus.draining", group=self.group, inflight=len(tasks), grace_s=self.grace_s)
         _, pending = await asyncio.wait(tasks, timeout=self.grace_s)
         if pending:
@@ -365,15 +550,60 @@ class Consumer:
                 )
                 await self._sleep(delay)
 
+    # ------------------------------------------------------------------ groups
+
     async def _ensure_groups(self) -> None:
         for channel in self.channels:
-            await self.bus.ensure_group(channel, self.group)
+            await self.bus.create_group(channel, self.group)
+            groups = await _raw(self.redis, "XINFO", "GROUPS", channel)
+            for info in map(_mapping, groups or []):
+                if _text(info.get(b"name")) == self.group:
+                    self._saw(channel, _text(info.get(b"last-delivered-id") or b"0-0"))
+
+    def _saw(self, channel: str, message_id: str) -> None:
+        self._seen[channel] = max(self._seen.get(channel, (0, 0)), _parse_id(message_id))
+
+    async def _recover_groups(self, cause: Exception) -> None:
+        """The stream or the group vanished under us (DEL, FLUSHALL, XGROUP DESTROY, a restart
+        without persistence, a restore from an older snapshot): recreate it and carry on."""
+        async with self._recovering:  # the read loop, the reclaim loop and retries may all notice
+            await self._until_connected(lambda: self._recreate_groups(str(cause)))
+
+    async def _recreate_groups(self, cause: str) -> None:
+        for channel in self.channels:
+            start = await self._restart_point(channel)
+            if await self.bus.create_group(channel, self.group, start):
+                self.stats.groups_recreated += 1
+                log.warning(
+                    "bus.group_recreated",
+                    channel=channel,
+                    group=self.group,
+                    start=start,
+                    cause=cause,
+                )
+
+    async def _restart_point(self, channel: str) -> str:
+        """Where a lost group restarts: after the last entry this consumer knows the group had
+        reached, so handled events are not replayed (a whole retained stream replayed into the
+        Analyzer or the Alert agent would act on stale events again); from the start when the
+        stream was deleted or replaced (its ids no longer reach that far), so that no event
+        published since is skipped."""
+        seen = self._seen.get(channel, (0, 0))
+        if seen == (0, 0):
+            return "0"
+        try:
+            info = _mapping(await _raw(self.redis, "XINFO", "STREAM", channel))
+        except ResponseError as exc:
+            if "no such key" not in str(exc).lower():
+                raise
+            return "0"
+        last = _parse_id(_text(info.get(b"last-generated-id") or b"0-0"))
+        return f"{seen[0]}-{seen[1]}" if last >= seen else "0"
 
     # ------------------------------------------------------------------ reading
 
     async def _read_loop(self) -> None:
         attempt = 0
-        streams: dict[Any, Any] = dict.fromkeys(self.channels, ">")
         while not self._stopping.is_set():
             free = self.concurrency - len(self._inflight)
             if free <= 0:
@@ -381,16 +611,16 @@ class Consumer:
                 await _first(self._slot_freed.wait(), self._stopping.wait())
                 continue
             try:
-                response = await self.redis.xreadgroup(
-                    self.group, self.name, streams, count=free, block=self.block_ms
-                )
+                response = await _raw(
+                    self.redis, "XREADGROUP", "GROUP", self.group, self.name, "COUNT", free,
+                    "BLOCK", self.block_ms, "STREAMS", *self.channels, *[">"] * len(self.channels),
+                )  # fmt: skip
             except ResponseError as exc:
-                if "NOGROUP" in str(exc):
-                    # Redis lost the group (restarted without persistence, stream deleted).
-                    log.warning("bus.group_missing", group=self.group, error=str(exc))
-                    await self._until_connected(self._ensure_groups)
-                    continue
-                raise
+                if not _group_lost(exc):
+                    raise
+                log.warning("bus.group_missing", group=self.group, error=str(exc))
+                await self._recover_groups(exc)
+                continue
             except CONNECTION_ERRORS as exc:
                 attempt += 1
                 self._connected = False
@@ -402,27 +632,28 @@ class Consumer:
             self._connected = True
             for channel, messages in _stream_items(response):
                 for message_id, fields in messages:
+                    self._saw(channel, message_id)
                     self._dispatch(channel, message_id, fields, attempt=1)
 
     def _dispatch(
-        self, channel: str, message_id: str, fields: dict[str, str] | None, attempt: int
+        self, channel: str, message_id: str, fields: RawFields | None, attempt: int
     ) -> None:
         key = (channel, message_id)
         if key in self._inflight:
             return
-        task = asyncio.create_task(self._process(channel, message_id, fields, attempt))
-        self._inflight[key] = _InFlight(task, channel, message_id)
+        flight = _InFlight(channel, message_id)
+        flight.task = asyncio.create_task(self._process(flight, fields, attempt))
+        self._inflight[key] = flight
 
         def done(_: asyncio.Task[None]) -> None:
             self._inflight.pop(key, None)
             self._slot_freed.set()
 
-        task.add_done_callback(done)
+        flight.task.add_done_callback(done)
 
-    async def _process(
-        self, channel: str, message_id: str, fields: dict[str, str] | None, attempt: int
-    ) -> None:
-        raw = (fields or {}).get("event")
+    async def _process(self, flight: _InFlight, fields: RawFields | None, attempt: int) -> None:
+        channel, message_id = flight.channel, flight.message_id
+        raw = (fields or {}).get(b"event")
         try:
             event = parse_event(raw, channel)
         except InvalidEventError as exc:
@@ -434,67 +665,129 @@ class Consumer:
                 group=self.group,
                 error=str(exc),
             )
-            await self._dead_letter(channel, message_id, raw or repr(fields), str(exc), attempt)
+            shown = raw if raw is not None else _render(fields)
+            await self._dead_letter(channel, message_id, shown, str(exc), attempt)
             return
+        assert raw is not None  # parse_event refuses a missing payload
         while True:
-            try:
-                key = self.partition_key(event) if self.partition_key else None
-                _DELIVERY.set(Delivery(channel, message_id, self.group, self.name, attempt))
-                async with self._locks.hold(key):
-                    await self.handler(event)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # loop boundary: one bad message never kills the consumer
-                self.stats.failed += 1
-                error = f"{type(exc).__name__}: {exc}"
-                if attempt >= self.max_deliveries:
-                    log.error(
-                        "bus.dead_lettered",
-                        channel=channel,
-                        message_id=message_id,
-                        event_id=event.id,
-                        attempts=attempt,
-                        error=error,
-                    )
-                    await self._dead_letter(channel, message_id, raw or "", error, attempt)
-                    return
-                delay = backoff_delay(attempt, base=self.retry_backoff_s, cap=30.0)
-                log.warning(
-                    "bus.handler_failed",
-                    channel=channel,
-                    message_id=message_id,
-                    event_id=event.id,
-                    attempt=attempt,
-                    retry_in=round(delay, 3),
-                    error=error,
-                    exc_info=exc,
-                )
-                if not await self._sleep(delay):
-                    return  # stopping: left pending, redelivered later
-                if not await self._claim_for_retry(channel, message_id, delay):
-                    return
-                attempt += 1
-                continue
-            self.stats.handled += 1
-            self._ack(channel, message_id)
-            return
+            failure = await self._run_handler(flight, event, attempt)
+            if failure is None:
+                self.stats.handled += 1
+                if not flight.lost:
+                    self._ack(channel, message_id)
+                return
+            error, cause = failure
+            where = {"channel": channel, "message_id": message_id, "event_id": event.id}
+            if flight.lost:
+                # Another replica reclaimed it while this one stalled: its delivery decides.
+                log.warning("bus.handler_failed_after_takeover", **where, error=error)
+                return
+            if flight.trimmed:
+                await self._dead_letter_trimmed(flight, raw, attempt, last_error=error)
+                return
+            if attempt >= self.max_deliveries:
+                log.error("bus.dead_lettered", **where, attempts=attempt, error=error)
+                await self._dead_letter(channel, message_id, raw, error, attempt)
+                return
+            delay = backoff_delay(attempt, base=self.retry_backoff_s, cap=30.0)
+            log.warning(
+                "bus.handler_failed",
+                **where,
+                attempt=attempt,
+                retry_in=round(delay, 3),
+                error=error,
+                exc_info=cause,
+            )
+            if not await self._sleep(delay):
+                return  # stopping: left pending, redelivered later
+            claim = await self._claim_for_retry(channel, message_id)
+            if claim is None:
+                return  # stopping
+            if claim.status is _ClaimStatus.LOST:
+                log.info("bus.retry_taken_over", **where, holder=claim.holder)
+                return
+            if claim.status is _ClaimStatus.GONE:
+                self.stats.trimmed += 1
+                await self._dead_letter_trimmed(flight, raw, attempt, last_error=error)
+                return
+            if claim.status is _ClaimStatus.SKIPPED:
+                # No longer pending anywhere (its group was recreated, or a replica that took it
+                # over finished it): retry here rather than risk dropping it.
+                log.warning("bus.retry_untracked", **where, attempt=attempt + 1)
+            attempt += 1
 
-    async def _claim_for_retry(self, channel: str, message_id: str, waited_s: float) -> bool:
-        """Redeliver to ourselves (XCLAIM bumps the delivery counter). False when someone else
-        took the message meanwhile or it was trimmed away."""
-        min_idle = int(waited_s * 1000 * 0.9)
+    async def _run_handler(
+        self, flight: _InFlight, event: Event, attempt: int
+    ) -> tuple[str, Exception] | None:
+        """Run the handler once: None when it succeeded, else what went wrong."""
+        delivery = Delivery(flight.channel, flight.message_id, self.group, self.name, attempt)
+        token = _delivery.set(delivery)
+        deadline = asyncio.timeout(self.handler_timeout_s)
+        try:
+            key = self.partition_key(event) if self.partition_key else None
+            # The deadline starts once the partition lock is held: waiting behind another event
+            # of the same key is not this handler hanging.
+            async with self._locks.hold(key), deadline:
+                await self.handler(event)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # loop boundary: one bad message never kills the consumer
+            self.stats.failed += 1
+            if isinstance(exc, TimeoutError) and deadline.expired():
+                self.stats.timed_out += 1
+                return f"handler timed out after {self.handler_timeout_s:g}s (cancelled)", exc
+            return f"{type(exc).__name__}: {exc}", exc
+        finally:
+            _delivery.reset(token)
+        return None
+
+    async def _claim_for_retry(self, channel: str, message_id: str) -> _Claim | None:
+        """Redeliver to ourselves (a full claim bumps Redis's delivery counter), only if we still
+        hold the message. None when stopping."""
         while not self._stopping.is_set():
             try:
-                claimed = await self.redis.xclaim(
-                    channel, self.group, self.name, min_idle, [message_id]
-                )
-                return bool(claimed)
+                [claim] = await self._claim(channel, ids=[message_id], holder=self.name)
+                return claim
             except CONNECTION_ERRORS:
                 await self._sleep(0.5)
-        return False
+            except ResponseError as exc:
+                if not _group_lost(exc):
+                    raise
+                await self._recover_groups(exc)
+                return _Claim(message_id, _ClaimStatus.SKIPPED)  # its pending entry went too
+        return None
+
+    async def _claim(
+        self,
+        channel: str,
+        *,
+        ids: Sequence[str] = (),
+        count: int = 0,
+        min_idle: int = 0,
+        holder: str = "",
+        justid: bool = False,
+        ack_gone: bool = False,
+    ) -> list[_Claim]:
+        args = [self.group, self.name, min_idle, holder, int(justid), int(ack_gone), count, *ids]
+        reply = await _CLAIM(self.redis, [channel], args)
+        return [_Claim.parse(item) for item in reply or []]
+
+    def _trimmed_reason(self) -> str:
+        return f"trimmed from the stream while pending (MAXLEN ~ {self.bus.maxlen})"
+
+    async def _dead_letter_trimmed(
+        self, flight: _InFlight, raw: bytes, attempts: int, *, last_error: str
+    ) -> None:
+        """A message whose handler failed after its entry was trimmed: it cannot be redelivered,
+        so it is dead-lettered now, with the payload still in hand."""
+        error = f"{self._trimmed_reason()}; last error: {last_error}"
+        log.error(
+            "bus.dead_lettered", channel=flight.channel, message_id=flight.message_id, error=error
+        )
+        await self._dead_letter(flight.channel, flight.message_id, raw, error, attempts)
 
     async def _dead_letter(
-        self, channel: str, message_id: str, raw: str, error: str, attempts: int
+        self, channel: str, message_id: str, raw: bytes | None, error: str, attempts: int
     ) -> None:
         self.stats.dead_lettered += 1
 
@@ -533,6 +826,7 @@ class Consumer:
             return True
         batch, self._acks = self._acks, defaultdict(list)
         try:
+            # XACK of a lost group or stream answers 0, not an error: nothing to special-case.
             pipe = self.redis.pipeline(transaction=False)
             for channel, ids in batch.items():
                 pipe.xack(channel, self.group, *ids)
@@ -559,15 +853,14 @@ class Consumer:
     async def _resume_own_pending(self) -> None:
         """Messages this consumer name held in a previous life (same instance name) are ours."""
         for channel in self.channels:
-            entries = await self.redis.xpending_range(
-                channel,
-                self.group,
-                min="-",
-                max="+",
-                count=self.concurrency,
-                consumername=self.name,
-            )
-            await self._claim_entries(channel, entries, min_idle=0)
+            try:
+                claims = await self._claim(channel, count=self.concurrency, holder=self.name)
+            except ResponseError as exc:
+                if not _group_lost(exc):
+                    raise
+                await self._recover_groups(exc)  # a new group holds nothing of ours
+                continue
+            await self._take_over(channel, claims)
 
     async def _reclaim_loop(self) -> None:
         while await self._sleep(self.reclaim_interval_s):
@@ -577,68 +870,147 @@ class Consumer:
                     free = self.concurrency - len(self._inflight)
                     if free <= 0:
                         break
-                    entries = await self.redis.xpending_range(
-                        channel, self.group, min="-", max="+", count=free, idle=self.claim_idle_ms
-                    )
-                    await self._claim_entries(channel, entries, min_idle=self.claim_idle_ms)
+                    claims = await self._claim(channel, count=free, min_idle=self.claim_idle_ms)
+                    await self._take_over(channel, claims)
             except CONNECTION_ERRORS as exc:
                 log.warning("bus.reclaim_failed", group=self.group, error=str(exc))
+            except ResponseError as exc:
+                if not _group_lost(exc):
+                    log.exception("bus.reclaim_error", group=self.group)
+                    continue
+                await self._recover_groups(exc)
             except Exception:  # loop boundary
                 log.exception("bus.reclaim_error", group=self.group)
 
     async def _keep_claims_fresh(self) -> None:
-        """A live, slow handler resets its messages' idle time so nobody reclaims them."""
+        """A live handler (running or backing off) resets its messages' idle time so nobody
+        reclaims them, but only while this consumer still holds them: a message another replica
+        reclaimed (this one stalled) stays with that replica."""
         now = time.monotonic()
-        stale: dict[str, list[str]] = defaultdict(list)
+        stale: dict[str, dict[str, _InFlight]] = defaultdict(dict)
         for flight in self._inflight.values():
-            if (now - flight.claimed_at) * 1000 >= self.claim_idle_ms / 3:
-                stale[flight.channel].append(flight.message_id)
-                flight.claimed_at = now
-        for channel, ids in stale.items():
-            await self.redis.xclaim(channel, self.group, self.name, 0, list[Any](ids), justid=True)
-
-    async def _claim_entries(
-        self, channel: str, entries: list[dict[str, Any]], *, min_idle: int
-    ) -> None:
-        for entry in entries:
-            message_id = str(entry["message_id"])
-            if (channel, message_id) in self._inflight:
+            if flight.lost or flight.trimmed:
                 continue
-            delivered = int(entry["times_delivered"])
-            claimed: list[Any] = await self.redis.xclaim(
-                channel, self.group, self.name, min_idle, [message_id]
+            if (now - flight.claimed_at) * 1000 >= self.claim_idle_ms / 3:
+                stale[flight.channel][flight.message_id] = flight
+        for channel, flights in stale.items():
+            claims = await self._claim(
+                channel, ids=list(flights), holder=self.name, justid=True, ack_gone=True
             )
-            if not claimed:
-                continue  # another replica was faster, or the entry was trimmed
-            fields: dict[str, str] | None = claimed[0][1]
-            if delivered >= self.max_deliveries:
-                owner = entry.get("consumer")
+            for claim in claims:
+                flight = flights[claim.message_id]
+                flight.claimed_at = now
+                where = {"channel": channel, "message_id": claim.message_id, "group": self.group}
+                if claim.status is _ClaimStatus.LOST:
+                    flight.lost = True
+                    self.stats.claims_lost += 1
+                    log.warning("bus.claim_lost", **where, holder=claim.holder)
+                elif claim.status is _ClaimStatus.GONE:
+                    # Acknowledged by the claim script so no replica reports it while the handler
+                    # still runs; if the handler fails, it is dead-lettered with its payload.
+                    flight.trimmed = True
+                    self.stats.trimmed += 1
+                    log.warning("bus.trimmed_while_pending", **where, reason=self._trimmed_reason())
+
+    async def _take_over(self, channel: str, claims: list[_Claim]) -> None:
+        for claim in claims:
+            message_id = claim.message_id
+            if claim.status is _ClaimStatus.GONE:
+                self.stats.trimmed += 1
+                delivered = f"{claim.deliveries} deliver{'y' if claim.deliveries == 1 else 'ies'}"
+                error = f"{self._trimmed_reason()}; held by {claim.holder} after {delivered}"
+                log.error("bus.dead_lettered", channel=channel, message_id=message_id, error=error)
+                await self._dead_letter(channel, message_id, None, error, claim.deliveries)
+                continue
+            if claim.status is not _ClaimStatus.CLAIMED:
+                continue
+            if claim.deliveries >= self.max_deliveries:
                 error = (
-                    f"not acknowledged after {delivered} deliveries "
-                    f"(last consumer {owner} crashed or stalled)"
+                    f"not acknowledged after {claim.deliveries} deliveries "
+                    f"(last consumer {claim.holder} crashed or stalled)"
                 )
                 log.error("bus.dead_lettered", channel=channel, message_id=message_id, error=error)
-                raw = (fields or {}).get("event", repr(fields))
-                await self._dead_letter(channel, message_id, raw, error, delivered)
+                raw = (claim.fields or {}).get(b"event")
+                shown = raw if raw is not None else _render(claim.fields)
+                await self._dead_letter(channel, message_id, shown, error, claim.deliveries)
                 continue
             self.stats.reclaimed += 1
             log.info(
                 "bus.reclaimed",
                 channel=channel,
                 message_id=message_id,
-                from_consumer=entry.get("consumer"),
-                delivery=delivered + 1,
+                from_consumer=claim.holder,
+                delivery=claim.deliveries + 1,
             )
-            self._dispatch(channel, message_id, fields, attempt=delivered + 1)
+            self._dispatch(channel, message_id, claim.fields, attempt=claim.deliveries + 1)
 
 
-def _stream_items(response: Any) -> Iterable[tuple[str, list[tuple[str, dict[str, str] | None]]]]:
+def _group_lost(exc: ResponseError) -> bool:
+    """NOGROUP: the group (or its stream) is gone. UNBLOCKED: a blocked read's stream was deleted
+    (DEL, FLUSHALL/FLUSHDB) while it waited."""
+    message = str(exc)
+    return "NOGROUP" in message or message.startswith("UNBLOCKED")
+
+
+def _text(value: Any) -> str:
+    """Decode a reply element read as bytes; names and ids are ours, but never fail on junk."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="backslashreplace")
+    return str(value)
+
+
+def _mapping(reply: Any) -> dict[Any, Any]:
+    """A map reply: already a dict (parsed by redis-py, or RESP3), or a flat key/value list."""
+    if isinstance(reply, dict):
+        return reply
+    return dict(zip(reply[::2], reply[1::2], strict=True))
+
+
+def _fields(raw: Any) -> RawFields | None:
+    """An entry's fields as a dict of bytes: parsed by redis-py, or a flat list from a script."""
+    if raw is None:
+        return None
+    return {bytes(k): bytes(v) for k, v in _mapping(raw).items()}
+
+
+def _render(fields: RawFields | None) -> bytes:
+    """An entry without an `event` field, shown whole in its dead letter (bytes reprs: ASCII, each
+    bad byte escaped once)."""
+    return repr(fields).encode()
+
+
+def _parse_id(message_id: str) -> tuple[int, int]:
+    ms, _, seq = message_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _excerpt(payload: bytes, limit: int) -> tuple[str, bool]:
+    """At most `limit` bytes of the payload as text, and whether that leaves some out. The cut
+    falls on a character boundary; where the payload is not UTF-8 the bad bytes are
+    backslash-escaped, so whoever reads the dead letter can decode it in turn."""
+    head = payload[:limit]
+    try:
+        return head.decode("utf-8"), len(payload) > limit
+    except UnicodeDecodeError as exc:
+        if exc.reason == "unexpected end of data" and len(payload) > limit:
+            return head[: exc.start].decode("utf-8"), True  # the cut split a character
+    shown = head.decode("utf-8", errors="backslashreplace")  # up to 4 characters per bad byte
+    text = shown.encode()[:limit].decode("utf-8", errors="ignore")
+    return text, len(payload) > limit or len(text) < len(shown)
+
+
+def _stream_items(response: Any) -> list[tuple[str, list[tuple[str, RawFields | None]]]]:
     """XREADGROUP replies are a list of [stream, messages] (RESP2) or a dict (RESP3)."""
     if not response:
         return []
     if isinstance(response, dict):
-        return [(str(k), v[0] if v and isinstance(v[0], list) else v) for k, v in response.items()]
-    return [(str(stream), messages) for stream, messages in response]
+        streams = [(k, v[0] if v and isinstance(v[0], list) else v) for k, v in response.items()]
+    else:
+        streams = [(stream, messages) for stream, messages in response]
+    return [
+        (_text(stream), [(_text(message_id), _fields(fields)) for message_id, fields in messages])
+        for stream, messages in streams
+    ]
 
 
 async def _first(*aws: Awaitable[Any]) -> None:

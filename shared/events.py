@@ -334,6 +334,12 @@ def parse_event(raw: str | bytes | None, channel: str | None = None) -> Event:
     """
     if raw is None:
         raise InvalidEventError("message has no 'event' field")
+    if isinstance(raw, bytes):
+        # Checked here, not left to the JSON parser, whose message would blame the JSON syntax.
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidEventError(f"not valid UTF-8: {exc}") from exc
     try:
         event = _adapter().validate_json(raw)
     except ValidationError as exc:

@@ -78,10 +78,18 @@ class BusSettings(_Section):
     """Event bus (Redis Streams)."""
 
     stream_maxlen: int = Field(
-        default=100_000, ge=100, description="Approximate length bound of each channel's stream."
+        default=100_000,
+        ge=100,
+        description="Approximate length bound of each channel's stream (MAXLEN ~): an event is "
+        "trimmed once about this many newer ones follow it; if still pending, it is dead-lettered.",
     )
     dead_letter_maxlen: int = Field(
         default=100_000, ge=100, description="Approximate length bound of the dead-letter stream."
+    )
+    dead_letter_excerpt_bytes: int = Field(
+        default=65_536,
+        ge=256,
+        description="Bytes of a dead-lettered payload kept (with its full size and SHA-256).",
     )
     bus_block_ms: int = Field(
         default=1_000, ge=10, le=30_000, description="How long one read blocks waiting for events."
@@ -99,6 +107,12 @@ class BusSettings(_Section):
     )
     bus_retry_backoff_s: float = Field(
         default=0.5, ge=0, description="First retry delay of a failed handler (doubles each time)."
+    )
+    bus_handler_timeout_s: float = Field(
+        default=900.0,
+        gt=0,
+        description="A handler running longer is cancelled, retried, then dead-lettered. Generous: "
+        "a Responder restart may wait a runbook's stop_timeout_s (<= 600 s), then verify.",
     )
     bus_concurrency: int = Field(
         default=16, ge=1, le=1024, description="Handlers running at once per agent process."

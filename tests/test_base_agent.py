@@ -21,7 +21,7 @@ from shared.heartbeat import heartbeat_key
 from tests.conftest import make_settings
 from tests.support import factories
 from tests.support.agents import EchoAgent
-from tests.support.bus import wait_until
+from tests.support.bus import blocked_readers, dead_letters, wait_until
 
 pytestmark = pytest.mark.redis
 
@@ -103,6 +103,39 @@ async def test_an_agent_with_unknown_handler_dead_letters_not_crashes(redis, red
     assert not task.done()
     agent.stop()
     await asyncio.wait_for(task, 10)
+
+
+async def test_an_agent_survives_bad_bytes_and_lost_streams_and_groups(redis, redis_url):
+    """Each of these used to kill the agent (and crash-loop it under `hemostat run`)."""
+    agent = EchoAgent(settings=make_settings(redis_url, bus_block_ms=2_000), redis=redis)
+    task = asyncio.create_task(agent.run())
+    bus = Bus(redis)
+    try:
+        await wait_until(lambda: redis.exists(Channel.HEALTH_ALERT), what="group created")
+        await redis.xadd(Channel.HEALTH_ALERT, {"event": b"\xff\xfe"})
+        event = factories.health_alert()
+        await bus.publish(event)
+        await wait_until(lambda: agent.handled == [event.id], what="the event after the bad one")
+        [(_, dead)] = await dead_letters(redis)
+        assert "not valid UTF-8" in dead["error"]
+        losses = {
+            "DEL": lambda: redis.delete(Channel.HEALTH_ALERT),
+            "FLUSHALL": lambda: redis.flushall(),
+            "XGROUP DESTROY": lambda: redis.xgroup_destroy(Channel.HEALTH_ALERT, "echo"),
+            "FLUSHDB": lambda: redis.flushdb(),
+        }
+        for loss, do in losses.items():
+            await wait_until(lambda: blocked_readers(redis), what=f"blocked read before {loss}")
+            await do()
+            event = factories.health_alert()
+            await bus.publish(event)
+            await wait_until(lambda e=event: e.id in agent.handled, what=f"an event after {loss}")
+            assert not task.done(), f"the agent stopped after {loss}"
+        assert agent.consumer is not None
+        assert agent.consumer.stats.groups_recreated == len(losses)
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 10)
 
 
 def _agent_process(redis_url: str, tmp_path: Path, delay: float) -> subprocess.Popen[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections import Counter
 
@@ -11,7 +12,7 @@ import pytest
 from shared.bus import Bus
 from shared.events import DEAD_LETTER_STREAM, Channel, encode_event
 from tests.support import factories
-from tests.support.bus import fast_consumer, running, wait_until
+from tests.support.bus import dead_letters, fast_consumer, running, wait_until
 
 pytestmark = pytest.mark.redis
 
@@ -255,3 +256,113 @@ async def test_partition_key_serialises_events_of_one_container(redis):
         await wait_until(lambda: len(order) == 20)
     assert overlap == []
     assert order == list(range(20))
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason", "shown"),
+    [
+        ({"event": b"\xff\xfe not UTF-8"}, "not valid UTF-8", "\\xff\\xfe not UTF-8"),
+        ({b"ev\xffent": b"{}"}, "no 'event' field", "ev\\xffent"),
+    ],
+    ids=["value", "field-name"],
+)
+async def test_an_entry_that_is_not_utf8_is_dead_lettered_and_the_rest_of_its_batch_handled(
+    redis, fields, reason, shown
+):
+    bus = Bus(redis)
+    handled = []
+
+    async def handler(event):
+        handled.append(event.id)
+
+    await bus.ensure_group(Channel.HEALTH_ALERT, "g")
+    first, last = factories.health_alert(), factories.health_alert()
+    await bus.publish(first)
+    bad_id = await redis.xadd(Channel.HEALTH_ALERT, fields)
+    await bus.publish(last)
+    consumer = fast_consumer(bus, handler)  # starts after all three: they arrive in one batch
+    async with running(consumer) as task:
+        await wait_until(lambda: consumer.stats.handled == 2 and consumer.stats.dead_lettered == 1)
+        later = factories.health_alert()
+        await bus.publish(later)
+        await wait_until(lambda: consumer.stats.handled == 3, what="an event after the bad one")
+        assert not task.done()
+    assert handled == [first.id, last.id, later.id]
+    [(_, dead)] = await dead_letters(redis)
+    assert dead["message_id"] == bad_id
+    assert reason in dead["error"]
+    assert shown in dead["event"], "the bad bytes are kept, escaped, so the letter stays readable"
+    assert consumer.stats.invalid == 1
+    assert await pending_count(redis) == 0
+
+
+async def test_a_huge_entry_is_dead_lettered_as_one_bounded_excerpt_with_size_and_hash(redis):
+    bus = Bus(redis)
+    groups = ("analyzer", "alert", "metrics")
+    handled = []
+
+    async def handler(event):
+        handled.append(event)
+
+    consumers = [fast_consumer(bus, handler, name=f"{g}-1", group=g) for g in groups]
+    for group in groups:
+        await bus.ensure_group(Channel.HEALTH_ALERT, group)
+    huge = b'{"type": "health_alert", "junk": "' + b"x" * 5_000_000  # 5 MB, JSON never closed
+    await redis.xadd(Channel.HEALTH_ALERT, {"event": huge})
+    async with running(consumers[0]), running(consumers[1]), running(consumers[2]):
+        await wait_until(
+            lambda: all(c.stats.dead_lettered == 1 for c in consumers), what="three dead letters"
+        )
+    letters = await dead_letters(redis)
+    assert sorted(f["group"] for _, f in letters) == sorted(groups)
+    for _, dead in letters:
+        assert "malformed JSON" in dead["error"]
+        assert dead["size"] == str(len(huge))
+        assert dead["sha256"] == hashlib.sha256(huge).hexdigest()
+    holders = [(i, f) for i, f in letters if f["event"]]
+    assert len(holders) == 1, "the excerpt is stored once, not once per group"
+    holder_id, holder = holders[0]
+    assert holder["truncated"] == "true"
+    assert len(holder["event"].encode()) == 64 * 1024
+    assert huge.startswith(holder["event"].encode())
+    assert [f["excerpt_in"] for i, f in letters if i != holder_id] == [holder_id, holder_id]
+    assert await redis.memory_usage(DEAD_LETTER_STREAM) < 256 * 1024
+    assert handled == []
+
+
+async def test_a_small_dead_letter_keeps_the_whole_payload_inline(redis):
+    bus = Bus(redis)
+    await bus.ensure_group(Channel.HEALTH_ALERT, "g")
+    message_id = await redis.xadd(Channel.HEALTH_ALERT, {"event": "{bad"})
+    await bus.dead_letter(
+        channel=Channel.HEALTH_ALERT,
+        group="g",
+        consumer="c1",
+        message_id=message_id,
+        raw="{bad",
+        error="malformed JSON",
+        attempts=1,
+    )
+    [(_, dead)] = await dead_letters(redis)
+    assert dead["event"] == "{bad"
+    assert dead["truncated"] == "false"
+    assert dead["size"] == "4"
+    assert dead["sha256"] == hashlib.sha256(b"{bad").hexdigest()
+
+
+async def test_a_dead_letter_excerpt_is_cut_on_a_character_boundary(redis):
+    bus = Bus(redis, dead_letter_excerpt_bytes=256)
+    payload = "é" * 200  # 400 bytes: the limit falls in the middle of a character
+    await bus.dead_letter(
+        channel=Channel.HEALTH_ALERT,
+        group="g",
+        consumer="c1",
+        message_id="1-0",
+        raw=payload,
+        error="malformed JSON",
+        attempts=1,
+    )
+    [(_, dead)] = await dead_letters(redis)
+    assert dead["event"] == "é" * 128
+    assert dead["truncated"] == "true"
+    assert dead["size"] == "400"

@@ -69,6 +69,13 @@ def test_invalid_events_are_rejected_with_the_reason(raw, message):
         parse_event(raw)
 
 
+def test_bytes_that_are_not_utf8_are_rejected_as_such():
+    raw = encode_event(factories.health_alert()).encode()
+    assert parse_event(raw) == parse_event(raw.decode()), "UTF-8 bytes are read like text"
+    with pytest.raises(InvalidEventError, match=r"not valid UTF-8: .* byte 0xff in position 1"):
+        parse_event(b'{\xff"type": "health_alert"}')
+
+
 def test_event_on_the_wrong_channel_is_rejected():
     raw = encode_event(factories.health_alert())
     with pytest.raises(InvalidEventError, match="does not belong on channel"):

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from shared.bus import Consumer
-from shared.events import Channel
+from shared.events import DEAD_LETTER_STREAM, Channel
 
 
 async def wait_until(
@@ -57,3 +57,31 @@ def fast_consumer(
     }
     consumer: Consumer = bus.consumer(**(opts | kw))
     return consumer
+
+
+async def blocked_readers(redis: Any) -> int:
+    """Clients blocked in XREADGROUP right now: a loss that lands then is seen by the blocked read
+    itself ("UNBLOCKED ..."), not by the next one."""
+    return sum(
+        1 for c in await redis.client_list() if c["cmd"] == "xreadgroup" and "b" in c["flags"]
+    )
+
+
+async def dead_letters(redis: Any) -> list[tuple[str, dict[str, str]]]:
+    entries: list[tuple[str, dict[str, str]]] = await redis.xrange(DEAD_LETTER_STREAM)
+    return entries
+
+
+async def pending(redis: Any, group: str = "g", channel: str = Channel.HEALTH_ALERT) -> int:
+    count: int = (await redis.xpending(channel, group))["pending"]
+    return count
+
+
+async def all_acked(redis: Any, group: str = "g", channel: str = Channel.HEALTH_ALERT) -> bool:
+    return await pending(redis, group, channel) == 0
+
+
+async def owner_of(redis: Any, message_id: str, group: str = "g") -> str | None:
+    """The consumer holding a pending message (None when it is not pending)."""
+    entries = await redis.xpending_range(Channel.HEALTH_ALERT, group, message_id, message_id, 1)
+    return str(entries[0]["consumer"]) if entries else None
