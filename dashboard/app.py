@@ -57,6 +57,13 @@ def _render(page: str, redis: Redis, settings: Settings, redactor: Redactor) -> 
     try:
         redis.ping()
         PAGE_FUNCS[page](redis, settings, redactor)
+        bad = data.malformed()
+        if bad:
+            where = ", ".join(f"{channel} ({n})" for channel, n in sorted(bad.items()))
+            st.warning(
+                f"Malformed entries were skipped in {where}: they are not shown here; the "
+                "agents dead-letter them (see Agents → dead letters)."
+            )
     except (RedisError, OSError) as exc:
         where = redactor.text(settings.effective_redis_url())
         st.error(

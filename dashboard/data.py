@@ -14,12 +14,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from redis import Redis
+from redis.client import NEVER_DECODE
 from redis.exceptions import ResponseError
 
 from shared import audit
 from shared.approvals import INDEX as PROPOSALS_INDEX
 from shared.approvals import PENDING, PROPOSAL_PREFIX, Proposal, ProposalState, decide
 from shared.container_state import SAMPLES_PREFIX, ContainerSnapshot, read_snapshots
+from shared.errors import InvalidEventError
 from shared.events import (
     DEAD_LETTER_STREAM,
     Channel,
@@ -40,16 +42,39 @@ AGENTS = ("monitor", "analyzer", "responder", "alert", "metrics")
 SCAN = 2000  # newest entries read per stream when searching a timeline or a feed
 
 
+# Entries that are not valid events, per stream, among the newest read: the page shows a banner
+# (the agents dead-letter them; the dashboard only must not fail on them).
+MALFORMED: dict[str, int] = {}
+
+
 def _stream_events(redis: Redis, channel: str, count: int = SCAN) -> list[Any]:
-    """Parsed events, newest first (typed as Any: callers narrow by channel)."""
+    """Parsed events, newest first (typed as Any: callers narrow by channel). Read as bytes and
+    decoded entry by entry, so one entry that is not UTF-8 spoils nothing but itself."""
     out: list[Any] = []
-    entries: Any = redis.xrevrange(channel, count=count)
-    for _, fields in entries:
+    entries: Any = redis.execute_command(  # type: ignore[no-untyped-call]
+        "XREVRANGE", channel, "+", "-", "COUNT", count, **{NEVER_DECODE: True}
+    )
+    bad = 0
+    for _, fields in entries or []:
+        raw = (
+            dict(zip(fields[::2], fields[1::2], strict=False))
+            if isinstance(fields, list)
+            else fields
+        )
         try:
-            out.append(parse_event(fields.get("event")))
-        except ValueError:
-            continue  # a malformed entry is the dead-letter view's business
+            out.append(parse_event(raw.get(b"event")))
+        except InvalidEventError:
+            bad += 1
+    if bad:
+        MALFORMED[str(channel)] = bad
+    else:
+        MALFORMED.pop(str(channel), None)
     return out
+
+
+def malformed() -> dict[str, int]:
+    """Streams holding malformed entries (among the newest read), for a banner."""
+    return dict(MALFORMED)
 
 
 # ---------------------------------------------------------------- overview

@@ -52,8 +52,6 @@ from shared.tasks import KeyedLocks, join_tasks
 log = get_logger(__name__)
 
 
-
-
 T = TypeVar("T")
 Handler = Callable[[Event], Awaitable[None]]
 PartitionKey = Callable[[Event], str | None]

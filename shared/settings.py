@@ -357,10 +357,9 @@ class ResponderSettings(_Section):
     )
 
 
-DEFAULT_ROUTES = (
-    "approval_request=slack,discord,ntfy,apprise;escalation=slack,discord,ntfy,apprise;"
-    "critical=slack,discord,ntfy,apprise;warning=slack,discord;info=slack"
-)
+# Every configured channel hears about every failure HemoStat saw (dry runs included); false
+# alarms stay in the history and the dashboard. Setting routes narrows this.
+DEFAULT_ROUTES = "remediation_complete=all;approval_request=all;escalation=all;false_alarm="
 
 
 class AlertSettings(_Section):
@@ -389,7 +388,9 @@ class AlertSettings(_Section):
     alert_routes: str = Field(
         default=DEFAULT_ROUTES,
         description="Which channels get what: `selector=channels;...`; a selector is an event "
-        "type (approval_request, escalation, remediation_complete, false_alarm) or a severity.",
+        "type (approval_request, escalation, remediation_complete, false_alarm) or a severity; "
+        "`all` is every configured channel. By default every channel hears every failure "
+        "(dry runs too) and false alarms go to the history only.",
     )
     alert_dedup_window_s: float = Field(
         default=300.0, ge=0, description="Same container, kind and outcome: one message per window."

@@ -114,8 +114,12 @@ async def test_critical_goes_everywhere_with_the_right_bodies_and_headers(
     assert slack.headers["Content-Type"] == "application/json"
 
 
-async def test_info_goes_to_slack_only_and_approvals_to_every_channel(redis, redis_url, receiver):
-    async with alert_agent(redis, redis_url, receiver):
+async def test_routes_narrow_what_each_channel_hears_when_the_user_sets_them(
+    redis, redis_url, receiver
+):
+    async with alert_agent(
+        redis, redis_url, receiver, alert_routes="info=slack;approval_request=all"
+    ):
         await Bus(redis).publish(
             factories.remediation_complete("c1", RemediationStatus.SUCCEEDED, Severity.INFO)
         )
@@ -125,6 +129,64 @@ async def test_info_goes_to_slack_only_and_approvals_to_every_channel(redis, red
     assert len(receiver.at(DISCORD)) == 1
     [ntfy] = receiver.at(NTFY)
     assert "hemostat approve p-777" in ntfy.body["message"]
+
+
+@pytest.mark.parametrize("only", ["slack", "discord"])
+async def test_a_user_with_one_channel_hears_of_a_crash_in_dry_run(
+    redis, redis_url, receiver, only
+):
+    """The defaults: whichever single channel someone configured, a dry-run outcome (info
+    severity) of a crash reaches it, saying what HemoStat would have done."""
+    async with alert_agent(redis, redis_url, receiver, channels=(only,)):
+        await Bus(redis).publish(
+            factories.remediation_complete(
+                "c1", RemediationStatus.DRY_RUN, Severity.INFO, dry_run=True
+            )
+        )
+        await wait_deliveries(redis, 1)
+    [hit] = receiver.at(SLACK if only == "slack" else DISCORD)
+    assert "would restart" in hit.raw
+    assert "DRY-RUN" in hit.raw
+
+
+async def test_a_heal_is_told_once_per_incident_and_every_failure_each_time(
+    redis, redis_url, receiver
+):
+    async with alert_agent(redis, redis_url, receiver, channels=("slack",), alert_dedup_window_s=0):
+        await Bus(redis).publish_many(
+            [
+                factories.remediation_complete("c1", RemediationStatus.SUCCEEDED, Severity.INFO)
+                for _ in range(3)
+            ]
+            + [
+                factories.remediation_complete("c1", RemediationStatus.FAILED, Severity.CRITICAL)
+                for _ in range(2)
+            ]
+        )
+        rows = await wait_deliveries(redis, 5)
+    assert sorted(r["status"] for r in rows) == ["deduplicated"] * 2 + ["sent"] * 3
+    texts = [h.raw for h in receiver.at(SLACK)]
+    assert sum("succeeded" in t for t in texts) == 1
+    assert sum("failed" in t for t in texts) == 2
+
+
+async def test_slack_text_from_a_container_cannot_ping_the_channel_or_plant_links(
+    redis, redis_url, receiver
+):
+    sneaky = factories.remediation_complete(
+        "c1",
+        RemediationStatus.FAILED,
+        Severity.CRITICAL,
+        reason="<!channel> wake up <https://evil.example|click here> <@U123>",
+    )
+    async with alert_agent(redis, redis_url, receiver, channels=("slack",)):
+        await Bus(redis).publish(sneaky)
+        await wait_deliveries(redis, 1)
+    [hit] = receiver.at(SLACK)
+    assert "<!channel>" not in hit.raw
+    assert "<https://evil.example" not in hit.raw
+    assert "<@U123>" not in hit.raw
+    assert "&lt;!channel&gt;" in hit.raw
 
 
 async def test_three_containers_three_messages_one_flapping_container_one(

@@ -86,17 +86,19 @@ def test_dedup_key_is_container_kind_and_outcome():
 ALL = frozenset({"slack", "discord", "ntfy", "apprise"})
 
 
-def test_default_routes():
+def test_default_routes_tell_every_channel_of_every_failure_and_no_one_of_false_alarms():
     routes = parse_routes(DEFAULT_ROUTES)
-    assert route(routes, "remediation_complete", Severity.INFO, ALL) == {"slack"}
-    assert route(routes, "remediation_complete", Severity.WARNING, ALL) == {"slack", "discord"}
-    assert route(routes, "remediation_complete", Severity.CRITICAL, ALL) == ALL
-    assert route(routes, "approval_request", Severity.INFO, ALL) == ALL, "approvals go everywhere"
-    assert route(routes, "escalation", Severity.INFO, ALL) == ALL
+    for severity in Severity:  # a dry run (info) as much as a failed restart (critical)
+        assert route(routes, "remediation_complete", severity, ALL) == ALL
+        assert route(routes, "approval_request", severity, ALL) == ALL
+        assert route(routes, "escalation", severity, ALL) == ALL
+        assert route(routes, "false_alarm", severity, ALL) == frozenset()
+    discord_only = frozenset({"discord"})
+    assert route(routes, "remediation_complete", Severity.INFO, discord_only) == discord_only
 
 
 def test_routes_only_use_configured_channels_and_runbooks_narrow_them():
-    routes = parse_routes(DEFAULT_ROUTES)
+    routes = parse_routes("false_alarm=slack;critical=all")
     assert route(routes, "false_alarm", Severity.CRITICAL, frozenset({"slack"})) == {"slack"}
     narrowed = route(routes, "remediation_complete", Severity.CRITICAL, ALL, frozenset({"ntfy"}))
     assert narrowed == {"ntfy"}

@@ -286,15 +286,70 @@ async def test_low_confidence_needs_a_human(redis, redis_url, fake):
     assert "below 0.70" in decision.payload.reason
 
 
-async def test_confident_llm_false_alarm(redis, redis_url, fake):
+async def test_an_llm_false_alarm_stands_only_where_the_rules_call_the_signal_ambiguous(
+    redis, redis_url, fake
+):
     fake.default = Reply(text=verdict(action_id=None, confidence=0.95, false_alarm=True))
     async with analyzer(redis, redis_url, fake):
-        await Bus(redis).publish(
-            factories.health_alert("c1", AlertKind.HIGH_CPU, thresholds={"sustained_samples": 3.0})
-        )
+        await Bus(redis).publish(factories.health_alert("c1", AlertKind.ANOMALY))
         [decision] = await wait_decisions(redis, 1)
     assert isinstance(decision, FalseAlarmEvent)
     assert decision.payload.analysis.method is AnalysisMethod.LLM
+    assert decision.payload.analysis.decided_by is AnalysisMethod.LLM
+
+
+@pytest.mark.parametrize(
+    ("kind", "extra", "action_type"),
+    [
+        (AlertKind.CRASH, {"exit_code": 1}, "restart"),
+        (AlertKind.OOM_KILLED, {}, "restart"),
+        (AlertKind.UNHEALTHY, {}, "restart"),
+        (AlertKind.RESTART_LOOP, {}, "none"),
+        (AlertKind.HIGH_CPU, {"thresholds": {"sustained_samples": 3.0}}, "none"),
+    ],
+)
+async def test_an_obeying_llm_cannot_silence_a_failure_the_rules_saw(
+    redis, redis_url, fake, kind, extra, action_type
+):
+    """A model that obeys text planted in a container's logs says "false alarm": people are
+    still told, the rules' decision stands, and the event says who decided and what was refused."""
+    fake.default = Reply(text=verdict(action_id=None, confidence=0.99, false_alarm=True))
+    async with analyzer(redis, redis_url, fake):
+        await Bus(redis).publish(factories.health_alert("c1", kind, **extra))
+        [decision] = await wait_decisions(redis, 1)
+    assert isinstance(decision, RemediationNeededEvent), "not a false alarm"
+    assert decision.payload.action.type == action_type
+    analysis = decision.payload.analysis
+    assert analysis.decided_by is AnalysisMethod.RULES
+    assert "false alarm" in analysis.overruled
+
+
+async def test_an_alert_whose_death_was_not_seen_only_notifies_whatever_the_llm_says(
+    redis, redis_url, fake
+):
+    fake.default = Reply(text=verdict(action_id="restart", confidence=0.99))
+    alert = factories.health_alert("c1", AlertKind.CRASH, exit_code=1)
+    alert = alert.model_copy(
+        update={"payload": alert.payload.model_copy(update={"uncertain": True})}
+    )
+    async with analyzer(redis, redis_url, fake):
+        await Bus(redis).publish(alert)
+        [decision] = await wait_decisions(redis, 1)
+    assert decision.payload.action.type == "none"
+    assert "not seen" in decision.payload.analysis.overruled
+
+
+async def test_a_backlog_of_old_alerts_is_decided_stale_and_notify_only(redis, redis_url):
+    old = factories.health_alert("c1", AlertKind.CRASH, exit_code=1)
+    an_hour_ago = old.emitted_at.timestamp() - 3600
+    from shared.clock import to_datetime
+
+    old = old.model_copy(update={"emitted_at": to_datetime(an_hour_ago)})
+    async with analyzer(redis, redis_url, analyzer_max_alert_age_s=600):
+        await Bus(redis).publish(old)
+        [decision] = await wait_decisions(redis, 1)
+    assert decision.payload.action.type == "none"
+    assert decision.payload.analysis.root_cause.startswith("stale:")
 
 
 @pytest.mark.docker

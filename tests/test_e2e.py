@@ -19,7 +19,9 @@ from typing import Any
 import httpx
 import pytest
 import redis as sync_redis
+from redis.client import NEVER_DECODE
 
+from shared.errors import InvalidEventError
 from shared.events import Channel, parse_event
 from shared.redis_server import free_port
 from tests.support.docker_events import count_events
@@ -194,7 +196,16 @@ def r(stack: Stack) -> Iterator[sync_redis.Redis]:
 
 
 def events(r: sync_redis.Redis, channel: Channel) -> list[Any]:
-    return [parse_event(f["event"]) for _, f in r.xrange(channel)]
+    """Every valid event on the channel (read as bytes: a test writes garbage in there too)."""
+    raw = r.execute_command("XRANGE", str(channel), "-", "+", **{NEVER_DECODE: True})
+    out = []
+    for _, fields in raw:
+        pairs = fields if isinstance(fields, dict) else dict(zip(fields[::2], fields[1::2]))
+        try:
+            out.append(parse_event(pairs.get(b"event")))
+        except InvalidEventError:
+            continue
+    return out
 
 
 def outcomes(r: sync_redis.Redis, container_id: str) -> list[Any]:
@@ -476,3 +487,74 @@ def test_the_agent_image_runs_as_non_root_and_carries_no_secrets(docker):
     assert out[0] == "10001", "runs as a non-root user"
     assert "HAS_DOTENV" not in out
     assert out[1:] == ["runbooks"], "only the runbooks next to the installed package"
+
+
+def test_8_bytes_that_are_not_utf8_on_every_channel_kill_no_agent(
+    stack, r, docker, test_image, run_label
+):
+    """Anything with Redis access can write garbage: each is dead-lettered with the reason, every
+    agent keeps running, and a crash right after is still healed."""
+    raw = sync_redis.Redis.from_url(stack.redis_url)  # bytes in, bytes out
+    try:
+        before = r.xlen("hemostat:dead_letter")
+        for channel in Channel:
+            raw.xadd(str(channel), {b"event": b"\xff\xfe not utf-8 \xc3\x28"})
+        groups = sum(len(r.xinfo_groups(str(c))) for c in Channel)
+        wait(
+            lambda: r.xlen("hemostat:dead_letter") >= before + groups,
+            60,
+            "every copy dead-lettered",
+        )
+    finally:
+        raw.close()
+    letters = [f for _, f in r.xrevrange("hemostat:dead_letter", count=groups)]
+    assert all("UTF-8" in f["error"] for f in letters), {f["error"] for f in letters}
+    assert all(proc.poll() is None for proc in stack.procs.values()), "every agent is alive"
+    c = run(docker, test_image, CRASH_ONCE, run_label | OPT_IN)
+    wait(lambda: any(o.payload.status == "succeeded" for o in outcomes(r, c.id)), 60, "healed")
+
+
+def test_9_after_flushall_agents_recreate_what_they_need_and_keep_healing(
+    stack, r, docker, test_image, run_label
+):
+    r.flushall()
+    c = run(docker, test_image, CRASH_ONCE, run_label | OPT_IN)
+    wait(
+        lambda: any(o.payload.status == "succeeded" for o in outcomes(r, c.id)),
+        90,
+        f"healed after FLUSHALL\n{stack.log('responder')}",
+    )
+    assert all(proc.poll() is None for proc in stack.procs.values()), "every agent is alive"
+    wait(lambda: len(list(r.scan_iter("hemostat:heartbeat:*"))) >= 5, 30, "5 heartbeats")
+
+
+def test_10_while_the_monitor_was_down_a_crash_is_reported_and_a_stop_left_alone(
+    stack, r, docker, test_image, run_label
+):
+    since = time.time() - 1
+    stopped = run(docker, test_image, "sleep 600", run_label | OPT_IN)
+    wait(lambda: r.exists(f"hemostat:container:{stopped.id}"), 30, "the Monitor saw it")
+    stack.stop("monitor")
+    stopped.stop(timeout=1)  # a person stops it: exit 137
+    crashed = run(
+        docker,
+        test_image,
+        "if [ -f /tmp/ran ]; then sleep 3600; else touch /tmp/ran; exit 3; fi",
+        run_label | OPT_IN,
+    )
+    crashed.wait(timeout=30)
+    stack.start("monitor")
+    wait(
+        lambda: any(o.payload.status == "succeeded" for o in outcomes(r, crashed.id)), 60, "healed"
+    )
+    [alert] = [e for e in events(r, Channel.HEALTH_ALERT) if e.subject.container_id == crashed.id][
+        :1
+    ]
+    assert "while the Monitor was not listening" in alert.payload.summary
+    quiet(r)
+    assert [
+        e for e in events(r, Channel.HEALTH_ALERT) if e.subject.container_id == stopped.id
+    ] == []
+    assert restarts(docker, stopped.id, since) == 0
+    stopped.reload()
+    assert stopped.status == "exited", "what a person stopped stays stopped"

@@ -369,3 +369,11 @@ def test_an_action_whose_replica_stopped_is_finished_at_its_deadline():
     verdict = judge(result, Observation(issued=False), T + 60, 3)
     assert (verdict.done, verdict.ok) == (True, False)
     assert "replica" in verdict.detail
+
+
+def test_a_container_that_dies_at_once_died_again_even_if_its_finish_predates_its_start():
+    """Docker stamps FinishedAt a few µs before StartedAt for a process that exits at once."""
+    died = Observation(running=False, started_at=T + 0.000458, finished_at=T, exit_code=3)
+    verdict = judge(plan(), died, T + 0.1, 3)
+    assert (verdict.done, verdict.ok) == (True, False)
+    assert "died again 0.0s" in verdict.detail

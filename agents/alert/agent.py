@@ -113,9 +113,10 @@ class AlertAgent(BaseAgent):
         await self.redis.set(seen, "1", ex=86_400)
 
     async def _notify(self, n: Notification, targets: frozenset[str]) -> None:
-        send, suppressed = await self.store.admit(
-            n.dedup_key, self.settings.alert_dedup_window_s, self.clock.time()
-        )
+        window = n.dedup_window_s
+        if window is None:
+            window = self.settings.alert_dedup_window_s
+        send, suppressed = await self.store.admit(n.dedup_key, window, self.clock.time())
         if not send:
             self._count("deduplicated")
             await self.store.log_delivery(

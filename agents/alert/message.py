@@ -14,6 +14,7 @@ from shared.events import (
     EscalationEvent,
     FalseAlarmEvent,
     RemediationCompleteEvent,
+    RemediationStatus,
     Severity,
 )
 from shared.redaction import Redactor
@@ -40,6 +41,8 @@ class Notification:
     dry_run: bool = False
     suppressed: int = 0
     link: str | None = None
+    # Seconds within which repeats of `dedup_key` are counted, not sent (None: the setting).
+    dedup_window_s: float | None = None
 
     @property
     def header(self) -> str:
@@ -68,17 +71,25 @@ class Notification:
         return "\n".join(line for line in lines if line)
 
 
+HEAL_WINDOW_S = 7 * 86_400  # a successful heal is told once per incident
+
+
 def _analysis_fields(analysis: Analysis | None) -> list[tuple[str, str]]:
     if analysis is None:
         return []
     method = analysis.method.value + (f" ({analysis.model})" if analysis.model else "")
     if analysis.fallback_reason:
         method += f"; rules stood: {analysis.fallback_reason}"
-    return [
+    fields = [
         ("Root cause", analysis.root_cause),
         ("Confidence", f"{analysis.confidence:.2f}"),
         ("Analysis", method),
     ]
+    if analysis.decided_by is not None:
+        fields.append(("Decided by", analysis.decided_by.value))
+    if analysis.overruled:
+        fields.append(("Overruled", analysis.overruled))
+    return fields
 
 
 def render(event: Envelope, dashboard_url: str | None = None) -> Notification:
@@ -107,11 +118,19 @@ def render(event: Envelope, dashboard_url: str | None = None) -> Notification:
             fields.append(("Proposal", p.proposal_id))
         if p.dry_run:
             fields.append(("Dry run", "yes — nothing was changed"))
+        healed = p.status is RemediationStatus.SUCCEEDED
+        what = "would " + p.action_type if p.dry_run else p.action_type
         return Notification(
             **common,
-            title=f"{container} · {p.action_type} → {outcome}",
-            summary=f"{p.alert_kind.value} on {container}: {p.action_type} {outcome}",
-            dedup_key=f"{container}|remediation:{p.alert_kind.value}:{p.action_type}|{outcome}",
+            title=f"{container} · {what} → {outcome}",
+            summary=f"{p.alert_kind.value} on {container}: {what} {outcome}",
+            # A heal is one message per incident; every failure is told (within the window).
+            dedup_key=(
+                f"heal|{event.incident_id or container}"
+                if healed
+                else f"{container}|remediation:{p.alert_kind.value}:{p.action_type}|{outcome}"
+            ),
+            dedup_window_s=HEAL_WINDOW_S if healed else None,
             fields=fields,
             runbook_id=p.runbook_id,
             dry_run=p.dry_run,
@@ -162,25 +181,32 @@ def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def slack_escape(text: str) -> str:
+    """Slack's own escaping: `<!channel>`, `<!here>`, `<@U…>` and `<url|label>` in text that came
+    from a container (logs, names, reasons) become plain characters, never a ping or a link."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def slack(n: Notification) -> dict[str, Any]:
+    esc = slack_escape
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": _cut(n.header, 150)}},
-        {"type": "section", "text": {"type": "mrkdwn", "text": _cut(n.summary, 2900)}},
+        {"type": "section", "text": {"type": "mrkdwn", "text": _cut(esc(n.summary), 2900)}},
     ]
     if n.fields:
         blocks.append(
             {
                 "type": "section",
                 "fields": [
-                    {"type": "mrkdwn", "text": _cut(f"*{name}*\n{value}", 1900)}
+                    {"type": "mrkdwn", "text": _cut(f"*{esc(name)}*\n{esc(value)}", 1900)}
                     for name, value in n.fields[:10]
                 ],
             }
         )
     if n.commands:
-        commands = "\n".join(f"`{c}`" for c in n.commands)
+        commands = "\n".join(f"`{esc(c)}`" for c in n.commands)
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": commands}})
-    context = [f"incident `{n.incident_id}`" if n.incident_id else "no incident"]
+    context = [f"incident `{esc(n.incident_id)}`" if n.incident_id else "no incident"]
     if n.dry_run:
         context.append("*DRY-RUN*: nothing was changed")
     if n.suppressed:
@@ -193,7 +219,7 @@ def slack(n: Notification) -> dict[str, Any]:
             "elements": [{"type": "mrkdwn", "text": " · ".join(context)}],
         }
     )
-    return {"text": _cut(f"{n.header}: {n.summary}", 3000), "blocks": blocks}
+    return {"text": _cut(esc(f"{n.header}: {n.summary}"), 3000), "blocks": blocks}
 
 
 def discord(n: Notification, mention_critical: bool) -> dict[str, Any]:

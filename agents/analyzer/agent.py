@@ -231,11 +231,8 @@ class AnalyzerAgent(BaseAgent):
             # "Real, but no action": people are told of an ambiguous signal; for a failure the
             # rules saw, picking nothing picks nothing else — the rules' action stands.
             action_id = runbook.notify_action().id if rules.ambiguous else rules.action_id
-        decided_by = (
-            AnalysisMethod.RULES
-            if overruled or (false_alarm == rules.false_alarm and action_id == rules.action_id)
-            else AnalysisMethod.LLM
-        )
+        # The LLM decided when its answer was taken (even where it agrees with the rules).
+        decided_by = AnalysisMethod.RULES if overruled else AnalysisMethod.LLM
         update = {"decided_by": decided_by, "overruled": overruled}
         return Decision(false_alarm, action_id, analysis.model_copy(update=update))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,8 @@ Rules you must follow:
 {"root_cause": "<one sentence>", "action_id": "<id or null>", "confidence": <0..1>,
  "false_alarm": <true|false>, "explanation": "<two or three sentences>"}"""
 
-_FENCE_CLOSE = "</untrusted-data"
+# A fence's tags inside the data, in any case and spacing, are defused before fencing.
+_FENCE_TAG = re.compile(r"<\s*(/?)\s*untrusted-data", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,9 @@ class Prompt:
 
 
 def fence(source: str, text: str) -> str:
-    """Wrap untrusted text; a closing tag inside it cannot end the fence early."""
-    safe = text.replace(_FENCE_CLOSE, "<\\/untrusted-data")
+    """Wrap untrusted text; no tag inside it (any case, any spacing) can end the fence early
+    or open a new one."""
+    safe = _FENCE_TAG.sub(lambda m: f"<\\{m.group(1)}untrusted-data", text)
     return f'<untrusted-data source="{source}">\n{safe}\n</untrusted-data>'
 
 
@@ -51,19 +54,24 @@ def build(
     diagnostics: dict[str, Any],
 ) -> Prompt:
     p = alert.payload
+    # Numbers and enums HemoStat measured: trusted. Anything a container's owner (or an
+    # Alertmanager rule) can set — names, images, alert names, any text — is fenced.
     facts = {
         "kind": p.kind.value,
         "status": p.status.value,
         "severity": alert.severity.value,
-        "container": alert.subject.container_name or alert.subject.container_id,
-        "compose_service": alert.subject.service,
-        "image": p.image,
         "metrics": p.metrics,
         "thresholds": p.thresholds,
         "exit_code": p.exit_code,
         "oom_killed": p.oom_killed,
         "restart_count": p.restart_count,
         "health_status": p.health_status,
+        "how_it_died_was_seen": not p.uncertain,
+    }
+    identity = {
+        "container": alert.subject.container_name or alert.subject.container_id,
+        "compose_service": alert.subject.service,
+        "image": p.image,
         "alertname": p.alertname,
     }
     actions = "\n".join(
@@ -82,7 +90,12 @@ def build(
         f"{history.same_kind} of this kind, {history.decisions} earlier decision(s).",
         f"DETERMINISTIC RULES PROPOSE: "
         f"{'false alarm' if rules.false_alarm else f'action {rules.action_id}'} "
-        f"(confidence {rules.confidence:.2f}) — {rules.root_cause}",
+        f"(confidence {rules.confidence:.2f}); their reading of the alert is fenced below.",
+        fence(
+            "alert-identity",
+            json.dumps({k: v for k, v in identity.items() if v}, indent=1),
+        ),
+        fence("rules-reading", rules.root_cause),
         fence("alert-summary", p.summary),
     ]
     if p.annotations:

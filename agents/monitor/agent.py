@@ -281,7 +281,9 @@ class MonitorAgent(BaseAgent):
         change = latest_change(infos)
         grace = self.settings.monitor_events_stall_grace_s
         newest = self.events.newest_event_at
-        if change > max(newest, subscribed) + 1.0 and self.clock.time() - change > grace:
+        # Both times are the daemon's own clock: a change during this subscription that no
+        # event (of that moment or later) told us about.
+        if change > subscribed and change > newest + 0.5 and self.clock.time() - change > grace:
             self.events.report_stall(
                 f"a container changed {self.clock.time() - change:.0f}s ago and no event said so"
             )

@@ -175,7 +175,7 @@ class DockerEventFollower:
                 continue
             attempt = 0
             self.subscribed_at = t0 / 1e9
-            self.newest_event_at = self.subscribed_at
+            self.newest_event_at = 0.0
             await self.on_catch_up(history, since)
             self.cursor.reset_to(t0)
             with contextlib.suppress(*CONNECTION_ERRORS):

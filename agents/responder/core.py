@@ -546,14 +546,14 @@ def _judge_state(
         return None  # not (re)started yet
     assert obs.started_at is not None
     if not obs.running:
-        if obs.finished_at is not None and obs.finished_at >= obs.started_at:
-            return Judgement(
-                done=True,
-                ok=False,
-                detail=f"died again {obs.finished_at - obs.started_at:.1f}s after starting "
-                f"(exit code {obs.exit_code})",
-            )
-        return None
+        # Started anew and not running: it died again. (Docker may stamp the finish of a
+        # process that exits at once a few microseconds *before* its start.)
+        lived = max(0.0, (obs.finished_at or obs.started_at) - obs.started_at)
+        return Judgement(
+            done=True,
+            ok=False,
+            detail=f"died again {lived:.1f}s after starting (exit code {obs.exit_code})",
+        )
     if obs.health is not None and plan.require_healthy:
         if obs.health == "healthy":
             return Judgement(done=True, ok=True, detail="verified running and healthy")

@@ -19,6 +19,7 @@ class DockerEventLog:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._events: dict[str, list[tuple[float, str]]] = defaultdict(list)
+        self._nanos: dict[str, list[tuple[int, str]]] = defaultdict(list)
         self._started = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -43,13 +44,16 @@ class DockerEventLog:
                 )
                 self._started.set()
                 for event in stream:
-                    at = int(event.get("timeNano", 0)) / 1e9
+                    nano = int(event.get("timeNano", 0))
+                    at = nano / 1e9
                     since = at
                     with self._lock:
-                        entries = self._events[str(event.get("id", ""))]
+                        cid = str(event.get("id", ""))
+                        entries = self._events[cid]
                         item = (at, str(event.get("Action", "")))
                         if item not in entries:  # `since` replays the last second on reconnect
                             entries.append(item)
+                            self._nanos[cid].append((nano, item[1]))
             except Exception:  # the engine went away: follow it again when it is back
                 self._started.set()
                 time.sleep(0.5)
@@ -72,6 +76,11 @@ class DockerEventLog:
             return sum(
                 1 for at, a in self._events.get(container_id, ()) if a == action and at >= since
             )
+
+    def nanos(self, container_id: str, action: str) -> list[int]:
+        """The daemon's exact timestamps (ns) of those events."""
+        with self._lock:
+            return [n for n, a in self._nanos.get(container_id, ()) if a == action]
 
     def times(self, container_id: str, action: str, since: float = 0.0) -> list[float]:
         with self._lock:
