@@ -200,7 +200,9 @@ def events(r: sync_redis.Redis, channel: Channel) -> list[Any]:
     raw = r.execute_command("XRANGE", str(channel), "-", "+", **{NEVER_DECODE: True})
     out = []
     for _, fields in raw:
-        pairs = fields if isinstance(fields, dict) else dict(zip(fields[::2], fields[1::2]))
+        if not isinstance(fields, dict):
+            fields = dict(zip(fields[::2], fields[1::2], strict=False))
+        pairs = fields
         try:
             out.append(parse_event(pairs.get(b"event")))
         except InvalidEventError:
