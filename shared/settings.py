@@ -210,12 +210,21 @@ class MonitorSettings(_Section):
     proc_root: Path = Field(
         default=Path("/proc"), description="Where the host's /proc is (for network counters)."
     )
-    webhook_host: str = Field(default="0.0.0.0", description="Alertmanager webhook bind address.")
+    webhook_host: str = Field(
+        default="127.0.0.1",
+        description="Alertmanager webhook bind address (beyond loopback it requires "
+        "HEMOSTAT_WEBHOOK_TOKEN; the compose stack sets both).",
+    )
     webhook_port: int = Field(
         default=8090, ge=0, le=65535, description="Alertmanager webhook port (0: disabled)."
     )
     webhook_token: SecretStr | None = Field(
-        default=None, description="If set, the webhook requires `Authorization: Bearer <token>`."
+        default=None,
+        description="The webhook requires `Authorization: Bearer <token>`; mandatory when it "
+        "listens beyond loopback.",
+    )
+    webhook_rate_per_s: float = Field(
+        default=20.0, gt=0, description="Webhook requests per second per client (burst: 2x)."
     )
 
 
@@ -431,7 +440,11 @@ class AlertSettings(_Section):
 class MetricsSettings(_Section):
     """Metrics exporter."""
 
-    metrics_host: str = Field(default="0.0.0.0", description="Address /metrics listens on.")
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        description="Address /metrics listens on (the compose stack sets 0.0.0.0 on its own "
+        "network, reachable by Prometheus only).",
+    )
     metrics_port: int = Field(
         default=9090, ge=0, le=65535, description="Port of the exporter's /metrics (0: off)."
     )

@@ -178,3 +178,101 @@ async def test_webhook_requires_the_token_when_configured(webhook, redis):
     assert await redis.xlen(Channel.HEALTH_ALERT) == 0
     assert (await http.post(url, json=FIRING)).status_code == 200
     assert (await http.post(url.replace("alertmanager", "other"), json=FIRING)).status_code == 404
+
+
+# ---------------------------------------------------------------- the door itself
+
+
+class Door:
+    """The webhook server alone, with an ingest that only counts what got through."""
+
+    def __init__(self, **kw):
+        self.bodies: list[bytes] = []
+        self.kw = kw
+
+    async def __aenter__(self):
+        from agents.monitor.alertmanager import WebhookServer
+
+        async def ingest(body: bytes):
+            self.bodies.append(body)
+            return 200, {"published": 0}
+
+        self.server = WebhookServer(
+            "127.0.0.1", 0, ingest, asyncio.get_running_loop(), token="s3cret", **self.kw
+        )
+        self.server.start()
+        return self
+
+    async def __aexit__(self, *exc):
+        await asyncio.to_thread(self.server.stop)
+
+    async def raw(self, head: bytes, body: bytes = b"", read_timeout: float = 30) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.server.port)
+        writer.write(head + body)
+        await writer.drain()
+        try:
+            return await asyncio.wait_for(reader.read(65536), timeout=read_timeout)
+        finally:
+            writer.close()
+
+
+def head(length: str | None = "2", token: str = "s3cret", extra: str = "") -> bytes:
+    lines = ["POST /webhook/alertmanager HTTP/1.1", "Host: x", f"Authorization: Bearer {token}"]
+    if length is not None:
+        lines.append(f"Content-Length: {length}")
+    return ("\r\n".join(lines) + extra + "\r\n\r\n").encode()
+
+
+async def test_a_stranger_is_refused_before_a_byte_of_the_body_is_read():
+    async with Door() as door:
+        # Announces a 900 KiB body and sends none of it: the answer comes anyway, at once.
+        answer = await door.raw(head(str(900 * 1024), token="wrong"))
+    assert answer.startswith(b"HTTP/1.1 401")
+    assert door.bodies == []
+
+
+@pytest.mark.parametrize(
+    ("length", "extra", "status"),
+    [
+        ("-1", "", b"400"),  # "read until the end": the old way past the 1 MiB limit
+        ("abc", "", b"400"),
+        (None, "", b"411"),
+        ("2", "\r\nTransfer-Encoding: chunked", b"400"),
+        (str(10 * 1024 * 1024), "", b"413"),
+    ],
+)
+async def test_the_body_limit_holds_whatever_the_headers_say(length, extra, status):
+    async with Door() as door:
+        answer = await door.raw(head(length, extra=extra), b"{}")
+    assert answer.split(b" ", 2)[1] == status, answer[:80]
+    assert door.bodies == []
+
+
+async def test_a_client_that_stalls_is_cut_off():
+    async with Door(read_timeout_s=0.5) as door:
+        # Headers promise 100 bytes, 2 arrive, then nothing: the server closes the connection.
+        answer = await door.raw(head("100"), b"{}", read_timeout=30)
+    assert not answer.startswith(b"HTTP/1.1 200")
+    assert door.bodies == []
+
+
+async def test_each_client_is_rate_limited():
+    async with Door(rate_per_s=2.0) as door:
+        codes = [(await door.raw(head("2"), b"{}")).split(b" ", 2)[1] for _ in range(8)]
+    assert codes[:4] == [b"200"] * 4, "a burst of twice the rate goes through"
+    assert b"429" in codes[4:]
+
+
+async def test_the_monitor_refuses_to_open_the_webhook_beyond_loopback_without_a_token(
+    redis, redis_url
+):
+    from shared.errors import ConfigError
+
+    settings = make_settings(redis_url, webhook_port=free_port(), webhook_host="0.0.0.0")
+    client = docker_sdk.from_env()
+    agent = MonitorAgent(
+        settings=settings, redis=redis, docker=DockerGateway(client), cgroups=CgroupReader()
+    )
+    with pytest.raises(ConfigError, match="HEMOSTAT_WEBHOOK_TOKEN"):
+        await agent.on_start()
+    client.close()

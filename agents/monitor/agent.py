@@ -119,6 +119,7 @@ class MonitorAgent(BaseAgent):
                 self.settings.webhook_host,
                 self.settings.webhook_port,
                 token.get_secret_value() if token else None,
+                self.settings.webhook_rate_per_s,
             )
             self.log.info("monitor.webhook_listening", port=port)
 

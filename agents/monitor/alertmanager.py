@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import json
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
@@ -145,6 +146,30 @@ Response = tuple[int, dict[str, Any]]
 Ingest = Callable[[bytes], Coroutine[Any, Any, Response]]
 
 
+class RateLimiter:
+    """A token bucket per client address (thread-safe: the server answers from threads)."""
+
+    def __init__(self, rate_per_s: float, burst: float) -> None:
+        self.rate = rate_per_s
+        self.burst = burst
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, client: str, now: float | None = None) -> bool:
+        at = time.monotonic() if now is None else now
+        with self._lock:
+            tokens, last = self._buckets.get(client, (self.burst, at))
+            tokens = min(self.burst, tokens + (at - last) * self.rate)
+            if tokens < 1:
+                self._buckets[client] = (tokens, at)
+                return False
+            self._buckets[client] = (tokens - 1, at)
+            if len(self._buckets) > 10_000:  # bounded: forget the idlest clients
+                for key in sorted(self._buckets, key=lambda k: self._buckets[k][1])[:5_000]:
+                    del self._buckets[key]
+            return True
+
+
 class WebhookServer:
     """Serves the webhook from a thread, delegating each body to `ingest` on `loop`."""
 
@@ -156,11 +181,15 @@ class WebhookServer:
         loop: asyncio.AbstractEventLoop,
         token: str | None = None,
         timeout_s: float = 15.0,
+        rate_per_s: float = 20.0,
+        read_timeout_s: float = 10.0,
     ) -> None:
         self._ingest = ingest
         self._loop = loop
         self._token = token
         self._timeout = timeout_s
+        self._read_timeout = read_timeout_s
+        self._limiter = RateLimiter(rate_per_s, burst=2 * rate_per_s)
         handler = self._handler_class()
         self._server = ThreadingHTTPServer((host, port), handler)
         self._server.daemon_threads = True
@@ -190,11 +219,7 @@ class WebhookServer:
         expected = f"Bearer {self._token}".encode()
         return hmac.compare_digest((header or "").encode(), expected)
 
-    def _handle(self, path: str, body: bytes, auth: str | None) -> Response:
-        if path != WEBHOOK_PATH:
-            return 404, {"error": f"unknown path {path}; POST {WEBHOOK_PATH}"}
-        if not self._authorised(auth):
-            return 401, {"error": "missing or wrong bearer token"}
+    def _handle(self, body: bytes) -> Response:
         future: concurrent.futures.Future[Response] = asyncio.run_coroutine_threadsafe(
             self._ingest(body), self._loop
         )
@@ -212,15 +237,20 @@ class WebhookServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            timeout = server._read_timeout  # a slow or idle client is cut off, never waited for
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # our own structured log lines say what matters
 
             def _reply(self, status: int, body: dict[str, Any]) -> None:
                 data = json.dumps(body).encode()
+                if status >= 400:
+                    self.close_connection = True  # an unread body must not become a request
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
+                if status >= 400:
+                    self.send_header("Connection", "close")
                 self.end_headers()
                 self.wfile.write(data)
 
@@ -231,18 +261,33 @@ class WebhookServer:
                     self._reply(404, {"error": "not found"})
 
             def do_POST(self) -> None:
-                try:
-                    length = int(self.headers.get("Content-Length") or 0)
-                except ValueError:
-                    self._reply(400, {"error": "bad Content-Length"})
+                # Who may talk, and how much, is decided before a byte of the body is read.
+                path = self.path.split("?", 1)[0]
+                if path != WEBHOOK_PATH:
+                    self._reply(404, {"error": f"unknown path {path}; POST {WEBHOOK_PATH}"})
                     return
+                if not server._limiter.admit(self.client_address[0]):
+                    self._reply(429, {"error": "too many requests"})
+                    return
+                if not server._authorised(self.headers.get("Authorization")):
+                    self._reply(401, {"error": "missing or wrong bearer token"})
+                    return
+                if self.headers.get("Transfer-Encoding"):
+                    self._reply(400, {"error": "send a Content-Length, not Transfer-Encoding"})
+                    return
+                raw = self.headers.get("Content-Length")
+                if raw is None or not raw.strip().isdigit():
+                    self._reply(411 if raw is None else 400, {"error": "bad Content-Length"})
+                    return
+                length = int(raw)
                 if length > MAX_BODY:
                     self._reply(413, {"error": f"body larger than {MAX_BODY} bytes"})
                     return
                 body = self.rfile.read(length) if length else b""
-                status, reply = server._handle(
-                    self.path.split("?", 1)[0], body, self.headers.get("Authorization")
-                )
+                if len(body) < length:
+                    self._reply(400, {"error": "the body ended before its Content-Length"})
+                    return
+                status, reply = server._handle(body)
                 self._reply(status, reply)
 
         return Handler

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 
 from redis.asyncio import Redis
 
@@ -24,7 +25,7 @@ from agents.monitor.alertmanager import (
 from agents.monitor.tracker import Tracker
 from shared.bus import Bus
 from shared.clock import Clock
-from shared.errors import BusUnavailable
+from shared.errors import BusUnavailable, ConfigError
 from shared.events import HealthAlertEvent, Source, Subject, make_event
 from shared.log import Logger
 from shared.redaction import Redactor
@@ -61,9 +62,15 @@ class AlertmanagerIntake:
         self.server: WebhookServer | None = None
         self.published = 0
 
-    def start(self, host: str, port: int, token: str | None) -> int:
+    def start(self, host: str, port: int, token: str | None, rate_per_s: float = 20.0) -> int:
+        if not token and not is_loopback(host):
+            raise ConfigError(
+                f"the Alertmanager webhook would listen on {host} without a token: set "
+                "HEMOSTAT_WEBHOOK_TOKEN (e.g. `openssl rand -hex 32`, and the same token in "
+                "alertmanager.yml's http_config), or HEMOSTAT_WEBHOOK_HOST=127.0.0.1"
+            )
         self.server = WebhookServer(
-            host, port, self.ingest, asyncio.get_running_loop(), token=token
+            host, port, self.ingest, asyncio.get_running_loop(), token=token, rate_per_s=rate_per_s
         )
         self.server.start()
         return self.server.port
@@ -136,6 +143,15 @@ class AlertmanagerIntake:
             emitted_at=self.clock.now(),
             idempotency_key=f"alertmanager:{external.dedup_key}",
         )
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 async def _forget(redis: Redis, key: str) -> None:
