@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help install services test-image images lint format test e2e bench run up down demo clean fresh-machine
+.PHONY: help install services test-image images lint format test e2e bench run up down demo clean fresh-machine stack-env
 
 help:
 	@echo "make run    - run every agent and the dashboard locally (dry-run by default)"
@@ -60,16 +60,22 @@ run: install
 	scripts/ensure-services.sh redis docker
 	$(VENV)/bin/hemostat run
 
-up:
-	@test -f .env || { cp .env.example .env; echo "created .env from .env.example: change the passwords"; }
-	docker compose up -d --build
+# Refuses example secrets, then writes one env file per service (each gets only its settings).
+stack-env: install
+	@test -f .env || { cp .env.example .env; echo "created .env from .env.example"; }
+	$(PY) -m agents.cli config stack-env --env-file .env --out .state/env
 
-demo:
-	@test -f .env || cp .env.example .env
-	HEMOSTAT_DRY_RUN=false docker compose --profile demo up -d --build
+# The group owning the host's Docker socket: the socket proxies (non-root) join it, nothing else.
+SOCKET_GID = $$(stat -c %g /var/run/docker.sock)
+
+up: stack-env
+	DOCKER_SOCKET_GID=$(SOCKET_GID) docker compose up -d --build
+
+demo: stack-env
+	DOCKER_SOCKET_GID=$(SOCKET_GID) HEMOSTAT_DRY_RUN=false docker compose --profile demo up -d --build
 
 down:
-	docker compose --profile demo down
+	DOCKER_SOCKET_GID=0 docker compose --profile demo down
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .state

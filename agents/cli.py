@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from shared.errors import HemoStatError
@@ -31,11 +32,13 @@ def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 def _cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
     """Serve the Streamlit dashboard (replaces this process)."""
     import os
-    from pathlib import Path
 
     import dashboard
 
     app = Path(dashboard.__file__).parent / "app.py"
+    host = args.host or settings.dashboard_host
+    # The app decides who may approve from the address it really listens on.
+    os.environ["HEMOSTAT_DASHBOARD_HOST"] = host
     argv = [
         sys.executable,
         "-m",
@@ -45,7 +48,7 @@ def _cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
         "--server.headless",
         "true",
         "--server.address",
-        args.host or settings.dashboard_host,
+        host,
         "--server.port",
         str(args.port or settings.dashboard_port),
         "--browser.gatherUsageStats",
@@ -55,6 +58,26 @@ def _cmd_dashboard(args: argparse.Namespace, settings: Settings) -> int:
     ]
     os.execv(sys.executable, argv)
     return 0  # not reached
+
+
+def _cmd_dashboard_user(args: argparse.Namespace, settings: Settings) -> int:
+    """Print a HEMOSTAT_DASHBOARD_USERS entry; the password is read without echo (or stdin)."""
+    import getpass
+
+    from dashboard.auth import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for {args.name}: ")
+        if password != getpass.getpass("again: "):
+            print("hemostat: the passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    if len(password) < 12:
+        print("hemostat: use at least 12 characters", file=sys.stderr)
+        return 1
+    print(f"{args.name}:{hash_password(password)}")
+    return 0
 
 
 def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
@@ -246,6 +269,21 @@ def _cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_stack_env(args: argparse.Namespace, settings: Settings) -> int:
+    from shared import stack_env
+
+    env = stack_env.read_env_file(Path(args.env_file))
+    problems = stack_env.check(env)
+    if problems:
+        print(f"hemostat: refusing to start the stack; change these in {args.env_file}:")
+        for p in problems:
+            print(f"  {p.name} {p.why}; for example:\n    {p.name}={p.suggestion}")
+        return 1
+    for path in stack_env.write(env, Path(args.out)):
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hemostat", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -262,6 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument("--host", help="bind address (default HEMOSTAT_DASHBOARD_HOST)")
     dash.add_argument("--port", type=int, help="port (default HEMOSTAT_DASHBOARD_PORT)")
     dash.set_defaults(func=_cmd_dashboard)
+
+    user = sub.add_parser(
+        "dashboard-user", help="print a HEMOSTAT_DASHBOARD_USERS entry (hashed password)"
+    )
+    user.add_argument("name")
+    user.set_defaults(func=_cmd_dashboard_user)
 
     check = sub.add_parser("check", help="exit 0 when the agent has a fresh heartbeat")
     check.add_argument("name")
@@ -303,6 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
     config_sub = config.add_subparsers(dest="config_command", required=True)
     env_example = config_sub.add_parser("env-example", help="print .env.example")
     env_example.set_defaults(func=_cmd_config)
+    stack = config_sub.add_parser(
+        "stack-env",
+        help="refuse example secrets, then write one env file per compose service",
+    )
+    stack.add_argument("--env-file", default=".env")
+    stack.add_argument("--out", default=".state/env")
+    stack.set_defaults(func=_cmd_stack_env)
     return parser
 
 

@@ -7,6 +7,7 @@ children in order (agents, then Redis), each with its own grace period."""
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -55,7 +56,10 @@ class Supervisor:
     def start(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
         if self.redis_url is None:
-            self.redis = RedisServer(self.state_dir / "redis").start()
+            # Loopback only, and a fresh random password at every start: another local user
+            # (or a container on this host) cannot talk to it.
+            password = secrets.token_urlsafe(24)
+            self.redis = RedisServer(self.state_dir / "redis", password=password).start()
             self.redis_url = self.redis.url
         for name in AGENT_ORDER:
             argv = [sys.executable, "-m", "agents.cli", "agent", name]
@@ -120,7 +124,8 @@ class Supervisor:
             else "LIVE: HemoStat WILL act on containers that opted in (hemostat.remediate=true)"
         )
         redis = (
-            f"private redis-server on {self.redis.url}, data in {self.redis.workdir}"
+            f"private redis-server on {Redactor().text(self.redis.url)}, "
+            f"data in {self.redis.workdir}"
             if self.redis
             else f"{Redactor().text(self.redis_url or '')} (REDIS_URL)"
         )

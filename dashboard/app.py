@@ -13,7 +13,7 @@ import streamlit as st
 from redis import Redis
 from redis.exceptions import RedisError
 
-from dashboard import data
+from dashboard import auth, data
 from shared.container_state import read_snapshots
 from shared.errors import ApprovalError, HemoStatError
 from shared.heartbeat import read_heartbeats
@@ -219,13 +219,8 @@ def _incident_label(incident_id: str, found: list[dict[str, Any]]) -> str:
 def approvals_page(redis: Redis, settings: Settings, redactor: Redactor) -> None:
     st.header("Approvals")
     pending, decided = data.proposals(redis)
-    needs_password = settings.dashboard_password is not None
-    password = None
-    if pending and needs_password:
-        password = st.text_input("Password to decide", type="password", key="approval_password")
-    actor = st.text_input(
-        "Your name (recorded in the audit log)", value="dashboard", key="approval_actor"
-    )
+    gate = auth.access(settings)
+    actor = _signed_in(redis, settings, gate) if pending else None
     if not pending:
         st.info("No proposal waits for a decision.")
     for p in pending:
@@ -243,12 +238,14 @@ def approvals_page(redis: Redis, settings: Settings, redactor: Redactor) -> None
                 f"(confidence {request.payload.analysis.confidence:.2f}, "
                 f"{request.payload.analysis.method.value})"
             )
+            if actor is None:
+                continue  # no one signed in (or no one can): nothing to press
             reason = st.text_input("Reason (for a denial)", key=f"reason-{p.id}")
             cols = st.columns(2)
             if cols[0].button("Approve", key=f"approve-{p.id}", type="primary"):
-                _decide(settings, p.id, True, actor, "", password)
+                _decide(settings, p.id, True, actor, "")
             if cols[1].button("Deny", key=f"deny-{p.id}"):
-                _decide(settings, p.id, False, actor, reason or "denied on the dashboard", password)
+                _decide(settings, p.id, False, actor, reason or "denied on the dashboard")
     st.subheader("Decided")
     if decided:
         _table(
@@ -270,19 +267,36 @@ def approvals_page(redis: Redis, settings: Settings, redactor: Redactor) -> None
         st.caption("No decided proposal yet.")
 
 
-def _decide(
-    settings: Settings,
-    proposal_id: str,
-    approve: bool,
-    actor: str,
-    reason: str,
-    password: str | None,
-) -> None:
-    if not data.password_ok(settings, password):
-        st.error("Wrong password: nothing was changed.")
-        return
+def _signed_in(redis: Redis, settings: Settings, gate: auth.Access) -> str | None:
+    """The audit actor of this browser session, or None while no one may decide."""
+    if not gate.can_decide:
+        st.warning(f"Approve/Deny are not offered: {gate.why}.")
+        return None
+    if not gate.needs_sign_in:
+        return "dashboard:local"
+    user = st.session_state.get("dashboard_user")
+    if user:
+        st.caption(f"Signed in as **{user}**: decisions are recorded as dashboard:{user}.")
+        return f"dashboard:{user}"
+    with st.form("sign_in"):
+        name = st.text_input("User", value=settings.dashboard_user, key="sign_in_user")
+        password = st.text_input("Password", type="password", key="sign_in_password")
+        if st.form_submit_button("Sign in to decide"):
+            signed = auth.sign_in(redis, settings, name, password)
+            if signed:
+                st.session_state["dashboard_user"] = signed
+                st.rerun()
+            locked = auth.locked_for(redis, name.strip() or settings.dashboard_user)
+            if locked:
+                st.error(f"Too many failed sign-ins: try again in {locked / 60:.0f} min.")
+            else:
+                st.error("Wrong user or password.")
+    return None
+
+
+def _decide(settings: Settings, proposal_id: str, approve: bool, actor: str, reason: str) -> None:
     try:
-        data.submit_decision(settings, proposal_id, approve, actor or "dashboard", reason)
+        data.submit_decision(settings, proposal_id, approve, actor, reason)
     except ApprovalError as exc:
         st.warning(f"Refused: {exc}")
         return

@@ -6,7 +6,6 @@ Every function takes a (sync) Redis client and `now`; nothing is cached between 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -419,14 +418,6 @@ def proposals(redis: Redis, limit: int = 200) -> tuple[list[Proposal], list[Prop
         proposal = Proposal.model_validate(data)
         (pending if proposal.state is ProposalState.PENDING else decided).append(proposal)
     return pending, decided
-
-
-def password_ok(settings: Settings, given: str | None) -> bool:
-    """No password configured: allowed. Otherwise a constant-time comparison."""
-    expected = settings.dashboard_password
-    if expected is None or not expected.get_secret_value():
-        return True
-    return hmac.compare_digest((given or "").encode(), expected.get_secret_value().encode())
 
 
 def submit_decision(

@@ -79,27 +79,25 @@ for item in "${want[@]}"; do
 done
 
 install_compose() {
-  # Compose v2 is packaged from Debian 13 (trixie) on; its binary runs on bookworm.
-  local mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian} tmp
-  tmp=$(mktemp -d)
-  log "installing Docker Compose v2 from Debian trixie's docker-compose package"
-  curl -fsSL "$mirror/dists/trixie/main/binary-amd64/Packages.xz" -o "$tmp/Packages.xz"
-  local path
-  # awk reads to the end: exiting early would SIGPIPE xz and fail the pipeline under pipefail.
-  path=$(xz -dc "$tmp/Packages.xz" | awk '/^Package: docker-compose$/{p=1} p&&!done&&/^Filename:/{print $2; done=1}')
-  [ -n "$path" ] || { log "docker-compose not found in trixie"; exit 1; }
-  curl -fsSL "$mirror/$path" -o "$tmp/docker-compose.deb"
-  dpkg -i "$tmp/docker-compose.deb" >/dev/null
-  rm -rf "$tmp"
+  # Compose v2 is packaged from Debian 13 (trixie) on; its binary needs only libc6 (>= 2.34),
+  # which bookworm has. Installed through apt from Debian's signed trixie repository, for this
+  # one package only (pinned low, and the source removed again afterwards): no file fetched by
+  # hand, nothing installed without apt checking Debian's signatures.
+  local list=/etc/apt/sources.list.d/hemostat-trixie.sources pin=/etc/apt/preferences.d/hemostat-trixie
+  log "installing Docker Compose v2 (docker-compose from Debian trixie, through apt)"
+  printf 'Types: deb\nURIs: %s\nSuites: trixie\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+    "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" > "$list"
+  printf 'Package: *\nPin: release n=trixie\nPin-Priority: 100\n' > "$pin"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose/trixie >/dev/null
+  rm -f "$list" "$pin"
+  apt-get update -qq
 }
 
 for item in "${want[@]}"; do
   [ "$item" = compose ] || continue
   docker compose version >/dev/null 2>&1 && continue
   is_root || { log "docker compose v2 is missing; install it"; exit 1; }
-  command -v curl >/dev/null 2>&1 && command -v xz >/dev/null 2>&1 || {
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl xz-utils >/dev/null
-  }
   install_compose
   docker compose version >&2
 done

@@ -454,7 +454,17 @@ class DashboardSettings(_Section):
     """Dashboard (Streamlit)."""
 
     dashboard_password: SecretStr | None = Field(
-        default=None, description="If set, Approve/Deny on the dashboard require this password."
+        default=None,
+        description="Sign-in password of the dashboard's one user (HEMOSTAT_DASHBOARD_USER); "
+        "without it or HEMOSTAT_DASHBOARD_USERS, Approve/Deny exist on loopback only.",
+    )
+    dashboard_user: str = Field(
+        default="operator", description="The name that HEMOSTAT_DASHBOARD_PASSWORD signs in as."
+    )
+    dashboard_users: SecretStr | None = Field(
+        default=None,
+        description="`name:hash,...` from `hemostat dashboard-user NAME`: people who sign in "
+        "and decide as themselves (recorded as dashboard:<name>).",
     )
     dashboard_refresh_s: float = Field(
         default=5.0, ge=1, description="How often the dashboard re-reads Redis."

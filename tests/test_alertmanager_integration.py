@@ -7,6 +7,7 @@ import asyncio
 import shutil
 import subprocess
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import docker as docker_sdk
 import httpx
@@ -35,6 +36,7 @@ async def test_alertmanager_delivers_to_the_monitor_webhook(redis, redis_url, tm
         redis_url,
         webhook_port=hook_port,
         webhook_host="127.0.0.1",
+        webhook_token="am-to-monitor-token-1234",  # the bundled config must send it
         watch_label="hemostat.test=no-container",  # the webhook only: no Docker alerts here
         monitor_poll_interval_s=60,
     )
@@ -42,12 +44,17 @@ async def test_alertmanager_delivers_to_the_monitor_webhook(redis, redis_url, tm
     monitor = MonitorAgent(
         settings=settings, redis=redis, docker=DockerGateway(client), cgroups=CgroupReader()
     )
-    config = {
-        "route": {"receiver": "hemostat", "group_by": ["alertname"], "group_wait": "1s",
-                  "group_interval": "1s", "repeat_interval": "1h"},
-        "receivers": [{"name": "hemostat", "webhook_configs": [
-            {"url": f"http://127.0.0.1:{hook_port}/webhook/alertmanager", "send_resolved": True}]}],
-    }  # fmt: skip
+    # The bundled alertmanager.yml, with only the address, the token file's path and the
+    # timings changed: it is what sends the Monitor its token in the stack.
+    config = yaml.safe_load(
+        (Path(__file__).parent.parent / "alertmanager/alertmanager.yml").read_text()
+    )
+    config["route"] |= {"group_wait": "1s", "group_interval": "1s"}
+    [hook] = config["receivers"][0]["webhook_configs"]
+    hook["url"] = f"http://127.0.0.1:{hook_port}/webhook/alertmanager"
+    token_file = tmp_path / "webhook_token"
+    token_file.write_text("am-to-monitor-token-1234")
+    hook["http_config"]["authorization"]["credentials_file"] = str(token_file)
     (tmp_path / "am.yml").write_text(yaml.safe_dump(config))
     task = asyncio.create_task(monitor.run())
     proc = subprocess.Popen(

@@ -94,30 +94,81 @@ def test_incidents_page_shows_the_timeline(seeded):
     assert "unhealthy (firing)" in text
 
 
-def test_approve_button_changes_the_proposal_in_redis(seeded, redis_url):
+def decided_by(redis_url: str, proposal_id: str) -> str:
+    async def go() -> str:
+        client = Redis.from_url(redis_url, decode_responses=True)
+        try:
+            return (await ApprovalStore(client).get(proposal_id)).decided_by
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+def sign_in(at: AppTest, user: str, password: str) -> AppTest:
+    at.text_input(key="sign_in_user").set_value(user)
+    at.text_input(key="sign_in_password").set_value(password)
+    next(b for b in at.button if b.label == "Sign in to decide").click().run()
+    return at
+
+
+def test_on_loopback_without_a_password_approve_works_as_dashboard_local(seeded, redis_url):
     at = open_page("Approvals")
-    at.text_input(key="approval_actor").set_value("erin").run()
+    assert not [t for t in at.text_input if t.key == "approval_actor"], "no free-text actor"
     at.button(key=f"approve-{seeded.pending_proposal}").click().run()
     assert not at.exception
     assert any("Approved" in s.value for s in at.success)
     assert state_of(redis_url, seeded.pending_proposal) is ProposalState.APPROVED
+    assert decided_by(redis_url, seeded.pending_proposal) == "dashboard:local"
 
 
-def test_password_gate_holds_and_then_lets_the_right_password_through(
+def test_beyond_loopback_without_a_password_no_one_can_decide(seeded, redis_url, monkeypatch):
+    monkeypatch.setenv("HEMOSTAT_DASHBOARD_HOST", "0.0.0.0")
+    at = open_page("Approvals")
+    assert not [b for b in at.button if b.key and b.key.startswith("approve-")]
+    assert any("not offered" in w.value for w in at.warning)
+    assert state_of(redis_url, seeded.pending_proposal) is ProposalState.PENDING
+
+
+def test_the_password_signs_in_a_person_who_is_recorded_as_the_actor(
     seeded, redis_url, monkeypatch
 ):
     monkeypatch.setenv("HEMOSTAT_DASHBOARD_PASSWORD", "open-sesame-42")
+    monkeypatch.setenv("HEMOSTAT_DASHBOARD_HOST", "0.0.0.0")
     at = open_page("Approvals")
-    at.button(key=f"approve-{seeded.pending_proposal}").click().run()
-    assert any("Wrong password" in e.value for e in at.error)
-    assert state_of(redis_url, seeded.pending_proposal) is ProposalState.PENDING
-    at.text_input(key="approval_password").set_value("nope").run()
-    at.button(key=f"deny-{seeded.pending_proposal}").click().run()
-    assert state_of(redis_url, seeded.pending_proposal) is ProposalState.PENDING
-    at.text_input(key="approval_password").set_value("open-sesame-42").run()
+    assert not [b for b in at.button if b.key and b.key.startswith("deny-")], "sign in first"
+    sign_in(at, "operator", "nope")
+    assert any("Wrong user or password" in e.value for e in at.error)
+    sign_in(at, "operator", "open-sesame-42")
     at.button(key=f"deny-{seeded.pending_proposal}").click().run()
     assert state_of(redis_url, seeded.pending_proposal) is ProposalState.DENIED
+    assert decided_by(redis_url, seeded.pending_proposal) == "dashboard:operator"
     assert "open-sesame-42" not in str([e.value for e in [*at.markdown, *at.caption]])
+
+
+def test_named_users_decide_as_themselves(seeded, redis_url, monkeypatch):
+    from dashboard.auth import hash_password
+
+    monkeypatch.setenv("HEMOSTAT_DASHBOARD_USERS", f"alice:{hash_password('alices-long-pw')}")
+    at = open_page("Approvals")
+    sign_in(at, "alice", "alices-long-pw")
+    at.button(key=f"approve-{seeded.pending_proposal}").click().run()
+    assert decided_by(redis_url, seeded.pending_proposal) == "dashboard:alice"
+
+
+def test_failed_sign_ins_lock_the_name_even_against_the_right_password(
+    seeded, redis_url, monkeypatch
+):
+    from dashboard.auth import LIMIT
+
+    monkeypatch.setenv("HEMOSTAT_DASHBOARD_PASSWORD", "open-sesame-42")
+    at = open_page("Approvals")
+    for _ in range(LIMIT):
+        sign_in(at, "operator", "guess")
+    sign_in(at, "operator", "open-sesame-42")
+    assert any("Too many failed sign-ins" in e.value for e in at.error)
+    assert not [b for b in at.button if b.key and b.key.startswith("approve-")]
+    assert state_of(redis_url, seeded.pending_proposal) is ProposalState.PENDING
 
 
 def test_audit_and_agents_pages(seeded):

@@ -99,13 +99,22 @@ async def test_proposals_and_the_shared_decision_mechanism(redis, redis_url, syn
         )
 
 
-def test_password_gate_is_constant_time_and_optional(redis_url):
-    open_settings = make_settings(redis_url)
-    closed = make_settings(redis_url, dashboard_password="s3cret-pass")
-    assert data.password_ok(open_settings, None)
-    assert data.password_ok(closed, "s3cret-pass")
-    assert not data.password_ok(closed, "wrong")
-    assert not data.password_ok(closed, None)
+def test_sign_in_access_and_password_hashes(redis_url, sync):
+    from dashboard import auth
+
+    local = make_settings(redis_url)
+    exposed = make_settings(redis_url, dashboard_host="0.0.0.0")
+    closed = make_settings(redis_url, dashboard_password="s3cret-pass", dashboard_host="0.0.0.0")
+    assert auth.access(local) == auth.Access(can_decide=True, needs_sign_in=False)
+    assert not auth.access(exposed).can_decide
+    assert auth.access(closed) == auth.Access(can_decide=True, needs_sign_in=True)
+    assert auth.sign_in(sync, closed, "operator", "s3cret-pass") == "operator"
+    assert auth.sign_in(sync, closed, "operator", "wrong") is None
+    assert auth.sign_in(sync, closed, "mallory", "s3cret-pass") is None, "another name"
+    hashed = auth.hash_password("correct horse battery")
+    assert auth.verify_hash("correct horse battery", hashed)
+    assert not auth.verify_hash("correct horse batterY", hashed)
+    assert not auth.verify_hash("x", "md5$1$aa$bb")
 
 
 async def test_audit_filters_and_agent_health(redis, sync):

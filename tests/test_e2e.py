@@ -411,56 +411,6 @@ def test_7_a_responder_killed_mid_stream_loses_nothing_and_repeats_nothing(
     assert r.xpending(Channel.REMEDIATION_NEEDED, "responder")["pending"] == 0
 
 
-def test_the_compose_file_is_valid_for_the_compose_cli(tmp_path):
-    root = Path(__file__).parent.parent
-    compose = ["docker", "compose"] if _has_compose() else None
-    if compose is None:
-        from tests.support.services import unavailable
-
-        unavailable("docker compose not installed (make test installs it)")
-    env_file = tmp_path / ".env"
-    env_file.write_text((root / ".env.example").read_text())
-    out = subprocess.run(
-        [*compose, "--env-file", str(env_file), "--profile", "demo", "config", "--format", "json"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-    )
-    assert out.returncode == 0, out.stderr
-    import json
-
-    config = json.loads(out.stdout)
-    services = config["services"]
-    assert {
-        "redis",
-        "monitor",
-        "analyzer",
-        "responder",
-        "alert",
-        "metrics",
-        "dashboard",
-        "prometheus",
-        "alertmanager",
-        "grafana",
-        "socket-proxy",
-    } <= set(services)
-    assert "ports" not in services["redis"], "Redis is never published"
-    assert all(p["host_ip"] == "127.0.0.1" for p in services["dashboard"]["ports"])
-    mounts = {
-        name: [v["source"] for v in s.get("volumes", []) if v["type"] == "bind"]
-        for name, s in services.items()
-    }
-    assert [n for n, m in mounts.items() if "/var/run/docker.sock" in m] == ["socket-proxy"]
-    assert services["responder"]["environment"]["HEMOSTAT_DRY_RUN"] == "true"
-    for name in ("monitor", "analyzer", "responder", "alert", "metrics"):
-        assert services[name]["healthcheck"]["test"] == ["CMD", "hemostat", "check", name]
-        assert services[name]["labels"]["hemostat.stack"] == "true"
-
-
-def _has_compose() -> bool:
-    return subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
-
-
 def test_the_agent_image_runs_as_non_root_and_carries_no_secrets(docker):
     """`make images` built hemostat:latest from this tree (a set-up step with progress, outside
     every test's timeout); here it is run and looked into."""

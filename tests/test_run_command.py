@@ -10,10 +10,12 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 import redis as sync_redis
+from redis import exceptions as redis_errors
 
 from shared.redis_server import free_port
 
@@ -61,10 +63,17 @@ def test_run_starts_supervises_and_stops_everything(tmp_path, docker):
         assert f"http://127.0.0.1:{ports['HEMOSTAT_DASHBOARD_PORT']}" in banner
         assert f":{ports['HEMOSTAT_METRICS_PORT']}/metrics" in banner
         assert "logs" in banner
-        url = re.search(r"private redis-server on (redis://\S+),", banner).group(1)
+        shown = re.search(r"private redis-server on (redis://\S+),", banner).group(1)
+        assert ":***@" in shown, "the banner masks the Redis password"
         assert (tmp_path / "state" / "redis").is_dir(), "Redis data lives under the state folder"
+        port = int(shown.rsplit(":", 1)[1].split("/")[0])
+        with pytest.raises(redis_errors.AuthenticationError):
+            sync_redis.Redis(port=port).ping()  # a random password guards the private Redis
+        url = _agent_redis_url(proc.pid)
+        assert ":***@" not in url
         r = sync_redis.Redis.from_url(url, decode_responses=True)
         wait(lambda: len(list(r.scan_iter("hemostat:heartbeat:*"))) == 5, 60, "5 agents")
+        assert _non_loopback_listeners(proc.pid) == [], "nothing listens beyond loopback"
         assert r.config_get("appendonly")["appendonly"] == "yes", "persistence is on"
         wait(
             lambda: _ok(f"http://127.0.0.1:{ports['HEMOSTAT_DASHBOARD_PORT']}/_stcore/health"),
@@ -96,13 +105,52 @@ def test_run_starts_supervises_and_stops_everything(tmp_path, docker):
             proc.kill()
             proc.wait()
         proc.stdout.close()
-    port = int(url.rsplit(":", 1)[1].split("/")[0])
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0, "the private redis-server was stopped"
     for child in children:
         assert not os.path.exists(f"/proc/{child}"), (
             f"agent process {child} outlived the supervisor"
         )
+
+
+def _descendants(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout
+    children: dict[int, list[int]] = {}
+    for line in out.splitlines():
+        child, parent = (int(x) for x in line.split())
+        children.setdefault(parent, []).append(child)
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _agent_redis_url(supervisor: int) -> str:
+    for pid in _descendants(supervisor):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for entry in environ:
+            if entry.startswith(b"REDIS_URL="):
+                return entry.split(b"=", 1)[1].decode()
+    raise AssertionError("no agent process found")
+
+
+def _non_loopback_listeners(supervisor: int) -> list[str]:
+    """TCP listeners of the supervisor's process tree (Redis, agents, dashboard) that are not
+    on a loopback address."""
+    pids = {supervisor, *_descendants(supervisor)}
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True).stdout
+    bad = []
+    for line in out.splitlines():
+        owners = {int(p) for p in re.findall(r"pid=(\d+)", line)}
+        local = line.split()[3]
+        if owners & pids and not local.startswith(("127.", "[::1]")):
+            bad.append(line)
+    return bad
 
 
 def _ok(url):
