@@ -1,7 +1,8 @@
 """Approval proposals:
 
-    PENDING → APPROVED | DENIED | EXPIRED;  APPROVED → EXECUTING | FAILED (not run in time);
-    EXECUTING → SUCCEEDED | FAILED | DRY_RUN
+    PENDING → APPROVED | DENIED | EXPIRED | CANCELLED (the incident resolved by itself)
+    APPROVED → EXECUTING | FAILED (not run in time)
+    EXECUTING → SUCCEEDED | FAILED | DRY_RUN | BLOCKED (what was approved changed since)
 
 Every transition is one compare-and-set (a Lua script), so the first decision wins and a decision
 on an expired or already-decided proposal is refused with the reason. Every time in a proposal is
@@ -13,6 +14,10 @@ through `decide()`: the same CAS, then an `approval_decision` event for the Resp
 - `hemostat:proposals`           index: id -> created_at
 - `hemostat:proposals:pending`   id -> expires_at (what the Responder's expiry loop watches)
 - `hemostat:proposal:req:<key>`  the proposal made for a request, so a retry never makes two
+- `hemostat:proposals:incident:<id>`  the proposals made in an incident (withdrawn when it resolves)
+
+A proposal binds to what was proposed: `binding` is a hash of the runbook id and version, the
+action with its parameters and the target container. An approval is for that, nothing else.
 """
 
 from __future__ import annotations
@@ -55,6 +60,8 @@ class ProposalState(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     DRY_RUN = "dry_run"  # approved and run while dry-run was on: nothing was changed
+    CANCELLED = "cancelled"  # withdrawn while pending: the incident resolved by itself
+    BLOCKED = "blocked"  # approved, not run: the runbook, action or target changed since
 
 
 TERMINAL = {
@@ -63,6 +70,8 @@ TERMINAL = {
     ProposalState.SUCCEEDED,
     ProposalState.FAILED,
     ProposalState.DRY_RUN,
+    ProposalState.CANCELLED,
+    ProposalState.BLOCKED,
 }
 
 _NOW = """
@@ -90,14 +99,14 @@ end
 if not allowed then return {'refused', state} end
 local stamp = string.format('%.6f', now)
 redis.call('HSET', KEYS[1], 'state', to, 'updated_at', stamp)
-if to == 'approved' or to == 'denied' or to == 'expired' then
+if to == 'approved' or to == 'denied' or to == 'expired' or to == 'cancelled' then
   redis.call('HSET', KEYS[1], 'decided_by', ARGV[2], 'decided_at', stamp,
              'decision_reason', ARGV[3])
 end
 if to == 'executing' then
   redis.call('HSET', KEYS[1], 'executing_at', stamp, 'executing_by', ARGV[2])
 end
-if to == 'succeeded' or to == 'failed' or to == 'dry_run' then
+if to == 'succeeded' or to == 'failed' or to == 'dry_run' or to == 'blocked' then
   redis.call('HSET', KEYS[1], 'outcome', ARGV[3])
 end
 if to ~= 'pending' then redis.call('ZREM', KEYS[2], KEYS[3]) end
@@ -124,6 +133,10 @@ for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('ZADD', KEYS[2], now, id)
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[2]), id)
 redis.call('SET', KEYS[4], id, 'EX', ARGV[3])
+if KEYS[5] then
+  redis.call('SADD', KEYS[5], id)
+  redis.call('EXPIRE', KEYS[5], ARGV[3])
+end
 return {id, 1}
 """
 )
@@ -142,6 +155,9 @@ class Proposal(Model):
     action_id: str = ""
     action_type: str = ""
     why: str = ""  # why a human must decide
+    incident_id: str = ""
+    severity: str = ""
+    binding: str = ""  # what the approval is for (see `binding()`)
     decided_by: str = ""
     decided_at: float | None = None
     decision_reason: str = ""
@@ -185,11 +201,20 @@ class ApprovalStore:
         return float(seconds) + float(micros) / 1e6
 
     async def create(
-        self, request: RemediationNeededEvent, timeout_s: float, why: str, *, key: str | None = None
+        self,
+        request: RemediationNeededEvent,
+        timeout_s: float,
+        why: str,
+        *,
+        binding: str = "",
+        key: str | None = None,
     ) -> Proposal:
         """The proposal for `request` (keyed by `key`, default its idempotency key): made once,
         returned as it is on every later call. It expires `timeout_s` after creation."""
         fields = {
+            "incident_id": request.incident_id or "",
+            "severity": request.severity.value,
+            "binding": binding,
             "request": request.model_dump_json(),
             "container_id": request.subject.container_id or "",
             "container_name": request.subject.container_name or "",
@@ -200,13 +225,11 @@ class ApprovalStore:
         }
         request_key = key or request.idempotency_key
         new_id = f"p-{secrets.token_hex(5)}"
+        names = [PROPOSAL_PREFIX + new_id, INDEX, PENDING, keys.PROPOSAL_BY_REQUEST + request_key]
+        if request.incident_id:
+            names.append(keys.PROPOSALS_BY_INCIDENT + request.incident_id)
         proposal_id, _ = await self._create(
-            keys=[
-                PROPOSAL_PREFIX + new_id,
-                INDEX,
-                PENDING,
-                keys.PROPOSAL_BY_REQUEST + request_key,
-            ],
+            keys=names,
             args=[new_id, f"{timeout_s:.3f}", DECIDED_TTL_S, *_flatten(fields)],
         )
         proposal = await self.get(str(proposal_id))
@@ -249,6 +272,11 @@ class ApprovalStore:
         await self.transition(
             proposal_id, ProposalState.DENIED, {ProposalState.PENDING}, actor=actor, reason=reason
         )
+
+    async def in_incident(self, incident_id: str) -> list[Proposal]:
+        ids: set[Any] = await self.redis.smembers(keys.PROPOSALS_BY_INCIDENT + incident_id)
+        found = [await self.get(str(i)) for i in sorted(ids)]
+        return [p for p in found if p is not None]
 
     async def due_for_expiry(self) -> list[str]:
         """Pending proposals past their deadline on Redis's clock."""

@@ -32,6 +32,7 @@ class Channel(StrEnum):
     APPROVAL_REQUEST = "hemostat:approval_request"
     APPROVAL_DECISION = "hemostat:approval_decision"
     ESCALATION = "hemostat:escalation"
+    INCIDENT_RESOLVED = "hemostat:incident_resolved"
 
 
 class EventType(StrEnum):
@@ -42,6 +43,7 @@ class EventType(StrEnum):
     APPROVAL_REQUEST = "approval_request"
     APPROVAL_DECISION = "approval_decision"
     ESCALATION = "escalation"
+    INCIDENT_RESOLVED = "incident_resolved"
 
     @property
     def channel(self) -> Channel:
@@ -98,6 +100,9 @@ class RemediationStatus(StrEnum):
     EXPIRED = "expired"
     DENIED = "denied"
     NOTIFIED = "notified"  # notify-only request: nothing to execute, a human is told
+    SUPPRESSED = "suppressed"  # not proposed again: people already answered (fatigue rules)
+    CANCELLED = "cancelled"  # a pending proposal withdrawn: the incident resolved by itself
+    BLOCKED = "blocked"  # an approved proposal not run: what was approved changed since
 
 
 class Source(Model):
@@ -244,6 +249,13 @@ class Escalation(Model):
     details: dict[str, str] = {}
 
 
+class IncidentResolved(Model):
+    """Everything that fired for the incident stopped by itself (no action of ours ended it)."""
+
+    reason: str
+    kinds: list[AlertKind] = []
+
+
 # ---------------------------------------------------------------- envelope
 
 
@@ -299,6 +311,11 @@ class EscalationEvent(Envelope):
     payload: Escalation
 
 
+class IncidentResolvedEvent(Envelope):
+    type: Literal["incident_resolved"] = "incident_resolved"
+    payload: IncidentResolved
+
+
 Event = Annotated[
     HealthAlertEvent
     | RemediationNeededEvent
@@ -306,7 +323,8 @@ Event = Annotated[
     | FalseAlarmEvent
     | ApprovalRequestEvent
     | ApprovalDecisionEvent
-    | EscalationEvent,
+    | EscalationEvent
+    | IncidentResolvedEvent,
     Field(discriminator="type"),
 ]
 EVENT_CLASSES: dict[EventType, type[Envelope]] = {
@@ -317,6 +335,7 @@ EVENT_CLASSES: dict[EventType, type[Envelope]] = {
     EventType.APPROVAL_REQUEST: ApprovalRequestEvent,
     EventType.APPROVAL_DECISION: ApprovalDecisionEvent,
     EventType.ESCALATION: EscalationEvent,
+    EventType.INCIDENT_RESOLVED: IncidentResolvedEvent,
 }
 
 E = TypeVar("E", bound=Envelope)

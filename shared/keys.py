@@ -7,6 +7,14 @@ from __future__ import annotations
 
 __all__ = [
     "ACTIONS",
+    "ALERT_OUTBOX",
+    "ALERT_OUTBOX_DATA",
+    "ALERT_OUTBOX_LEASED",
+    "ALERT_STORM",
+    "ALERT_STORMS_OPEN",
+    "ALERT_STORM_ACTIVE",
+    "ALERT_STORM_RECENT",
+    "APPROVAL_FATIGUE",
     "DEATHS",
     "DEFERRED",
     "GUARD",
@@ -15,6 +23,7 @@ __all__ = [
     "MONITOR_SENT",
     "PROPOSAL",
     "PROPOSALS",
+    "PROPOSALS_BY_INCIDENT",
     "PROPOSALS_PENDING",
     "PROPOSAL_BY_REQUEST",
     "REQUEST",
@@ -41,3 +50,16 @@ PROPOSAL = "hemostat:proposal:"  # hash per proposal
 PROPOSALS = "hemostat:proposals"  # zset: id -> created_at
 PROPOSALS_PENDING = "hemostat:proposals:pending"  # zset: id -> expires_at
 PROPOSAL_BY_REQUEST = "hemostat:proposal:req:"  # string: request key -> proposal id
+PROPOSALS_BY_INCIDENT = "hemostat:proposals:incident:"  # set per incident: its proposal ids
+# hash per (container, action): pending proposal, last unanswered one, per-incident denials and
+# expiries (the approval fatigue rules)
+APPROVAL_FATIGUE = "hemostat:approval:fatigue:"
+
+# ---- Alert: storms and the outbox (see agents/alert/storm.py)
+ALERT_STORM_RECENT = "hemostat:alert:storm:recent:"  # zset per scope: failure key -> arrival
+ALERT_STORM_ACTIVE = "hemostat:alert:storm:active:"  # string per scope: its open storm's id
+ALERT_STORM = "hemostat:alert:storm:"  # hash per storm id (+ ":members", ":channels")
+ALERT_STORMS_OPEN = "hemostat:alert:storms"  # zset: open storm id -> its last failure
+ALERT_OUTBOX = "hemostat:alert:outbox"  # zset: message item -> when it is due
+ALERT_OUTBOX_DATA = "hemostat:alert:outbox:data"  # hash: message item -> JSON
+ALERT_OUTBOX_LEASED = "hemostat:alert:outbox:leased"  # zset: item being sent -> lease end

@@ -65,6 +65,11 @@ class Notify(Model):
     channels: list[Literal["slack", "discord", "ntfy", "apprise"]] = Field(
         default=[], description="empty: the routing configured in settings"
     )
+    storm: bool = Field(
+        default=True,
+        description="false: this runbook's failures are always told one by one, never bundled "
+        "into a storm message",
+    )
 
 
 class Runbook(Model):

@@ -364,6 +364,31 @@ class ResponderSettings(_Section):
     audit_retention_days: float = Field(
         default=30.0, gt=0, description="Audit records are kept this long (trimmed by age)."
     )
+    approval_cooldown_critical_s: float = Field(
+        default=1800.0,
+        ge=0,
+        description="After a proposal expired unanswered or was denied, the same action on the "
+        "same container is not proposed again for this long (critical alerts).",
+    )
+    approval_cooldown_warning_s: float = Field(
+        default=7200.0, ge=0, description="The same for warning alerts."
+    )
+    approval_cooldown_info_s: float = Field(
+        default=14400.0, ge=0, description="The same for info alerts."
+    )
+    approval_max_expiries: int = Field(
+        default=2,
+        ge=1,
+        description="Proposals for one action and container that may expire unanswered in an "
+        "incident; then it is not proposed again in that incident and people are told once.",
+    )
+    autoheal_container_label: str = Field(
+        default="autoheal",
+        validation_alias="AUTOHEAL_CONTAINER_LABEL",
+        description="Coming from docker-autoheal: containers with this label set to true count "
+        "as opted in to a restart when unhealthy (`all`: every container, as autoheal reads it; "
+        "empty: off). The label autoheal.stop.timeout sets the stop timeout of that restart.",
+    )
 
 
 # Every configured channel hears about every failure HemoStat saw (dry runs included); false
@@ -434,6 +459,31 @@ class AlertSettings(_Section):
     alert_history_days: float = Field(default=7.0, gt=0, description="History retained by age.")
     dashboard_url: str | None = Field(
         default=None, description="Link to the dashboard in notifications (optional)."
+    )
+    alert_storm_threshold: int = Field(
+        default=5,
+        ge=0,
+        description="Failures on one host, or of one alert kind across hosts, within the storm "
+        "window that make a storm: one message per channel listing them, then one when it ends "
+        "(0: never bundle). Approval requests are never bundled.",
+    )
+    alert_storm_window_s: float = Field(
+        default=60.0, gt=0, description="The window the storm threshold counts in."
+    )
+    alert_storm_hold_s: float = Field(
+        default=3.0,
+        ge=0,
+        description="Each failure message waits this long for a storm to form before it goes "
+        "out alone (Alertmanager's group_wait).",
+    )
+    alert_outbox_poll_s: float = Field(
+        default=0.5, gt=0, description="How often held messages and storms are looked at."
+    )
+    alert_storm_quiet_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="A storm ends after this long without a new failure in it; then one "
+        "message says how it ended.",
     )
 
 

@@ -43,7 +43,14 @@ def receiver():
 
 @contextlib.asynccontextmanager
 async def alert_agent(
-    redis, redis_url, receiver, channels=("slack", "discord", "ntfy"), clock=None, **kw
+    redis,
+    redis_url,
+    receiver,
+    channels=("slack", "discord", "ntfy"),
+    clock=None,
+    runbooks=None,
+    instance="test-1",
+    **kw,
 ):
     urls = {
         "slack": {"slack_webhook_url": receiver.url(SLACK)},
@@ -55,10 +62,16 @@ async def alert_agent(
         },
         "apprise": {"apprise_urls": receiver.url(APPRISE).replace("http://", "json://")},
     }
-    values = {"alert_channel_timeout_s": 1.0, "alert_max_attempts": 3, "alert_dedup_window_s": 2.0}
+    values = {
+        "alert_channel_timeout_s": 1.0,
+        "alert_max_attempts": 3,
+        "alert_dedup_window_s": 2.0,
+        # These tests are about one message at a time; storms have their own tests.
+        "alert_storm_threshold": 0,
+    }
     for name in channels:
         values |= urls[name]
-    settings = make_settings(redis_url, **(values | kw))
+    settings = make_settings(redis_url, **(values | {"instance": instance} | kw))
     http = httpx.AsyncClient()
     agent = AlertAgent(
         settings=settings,
@@ -66,6 +79,7 @@ async def alert_agent(
         clock=clock,
         # Only what the settings configure as secret: nothing a test knows is registered.
         channels=build_channels(settings, http, Redactor(settings.secret_values())),
+        runbooks=runbooks,
         http=http,
     )
     task = asyncio.create_task(agent.run())

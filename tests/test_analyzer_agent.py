@@ -180,10 +180,17 @@ async def test_incident_stays_open_while_another_kind_still_fires(redis, redis_u
             what="the resolution handled",
         )
         assert await _status(redis, incident, "open")
+        # Still open: nothing tells the Responder to withdraw what waits on this incident.
+        assert not await events_on(redis, Channel.INCIDENT_RESOLVED)
         await bus.publish(
             factories.health_alert("c1", AlertKind.HIGH_CPU, status=AlertStatus.RESOLVED)
         )
         await wait_until(lambda: _status(redis, incident, "resolved"), timeout=10)
+        await wait_until(lambda: events_on(redis, Channel.INCIDENT_RESOLVED), what="resolved")
+    [resolved] = await events_on(redis, Channel.INCIDENT_RESOLVED)
+    assert resolved.incident_id == incident
+    assert resolved.payload.kinds == [AlertKind.HIGH_CPU]
+    assert resolved.subject.container_id == "c1"
 
 
 class CrashesAfterDeciding(AnalyzerAgent):

@@ -4,8 +4,6 @@ from the outside: Docker's own events, the streams, the receivers and `/metrics`
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,23 +11,18 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis as sync_redis
-from redis.client import NEVER_DECODE
 
-from shared.errors import InvalidEventError
-from shared.events import Channel, parse_event
-from shared.redis_server import free_port
+from shared.events import Channel
 from tests.support.docker_events import count_events
-from tests.support.streams import settled
+from tests.support.stack import Stack, events, quiet, wait
 from tests.support.webhooks import Receiver
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis]
-AGENTS = ("monitor", "analyzer", "responder", "alert", "metrics")
 OPT_IN = {"hemostat.remediate": "true"}
 # This stack's containers only: another HemoStat on the same engine (a parallel session, a
 # benchmark) never sees them, and this stack never touches anyone else's.
@@ -75,117 +68,36 @@ default_action: notify
 """
 
 
-class Stack:
-    """Five agent processes (restartable one by one) plus what they talk to."""
-
-    def __init__(self, redis_url: str, folder: Path, receiver: Receiver) -> None:
-        self.redis_url = redis_url
-        self.folder = folder
-        self.receiver = receiver
-        self.metrics_port = free_port()
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.logs = folder / "logs"
-        self.logs.mkdir(exist_ok=True)
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("HEMOSTAT_")} | {
-            "REDIS_URL": redis_url,
-            "HEMOSTAT_DRY_RUN": "false",
-            "HEMOSTAT_RUNBOOKS_DIR": str(folder / "runbooks"),
-            "HEMOSTAT_LOG_FORMAT": "json",
-            "HEMOSTAT_HOST_NAME": "e2e-host",
-            "HEMOSTAT_BUS_BLOCK_MS": "200",
-            "HEMOSTAT_BUS_CLAIM_IDLE_MS": "3000",
-            "HEMOSTAT_BUS_RECLAIM_INTERVAL_S": "0.5",
-            "HEMOSTAT_HEARTBEAT_INTERVAL_S": "1",
-            "HEMOSTAT_MONITOR_POLL_INTERVAL_S": "1",
-            "HEMOSTAT_MONITOR_MIN_ALERT_GAP_S": "0",
-            "HEMOSTAT_MONITOR_RECOVERY_WINDOW_S": "5",
-            "HEMOSTAT_MONITOR_BASELINE_ENABLED": "false",
-            "HEMOSTAT_WEBHOOK_PORT": "0",
-            "HEMOSTAT_METRICS_PORT": str(self.metrics_port),
-            "HEMOSTAT_METRICS_HOST": "127.0.0.1",
-            "HEMOSTAT_RESPONDER_VERIFY_STABLE_S": "1",
-            "HEMOSTAT_RESPONDER_LEASE_TTL_S": "5",
-            "HEMOSTAT_RESPONDER_CRASH_LOOP_LIMIT": "2",
-            "HEMOSTAT_RESPONDER_CRASH_LOOP_WINDOW_S": "30",
-            "HEMOSTAT_RESPONDER_CIRCUIT_MAX_ACTIONS": "10",
-            "HEMOSTAT_ALERT_DEDUP_WINDOW_S": "0",
-            "HEMOSTAT_ALERT_ROUTES": "info=slack;warning=slack,discord;critical=slack,discord;"
-            "escalation=slack,discord;approval_request=slack,discord",
-            "SLACK_WEBHOOK_URL": receiver.url("/slack"),
-            "DISCORD_WEBHOOK_URL": receiver.url("/discord"),
-            "HEMOSTAT_LLM_PROVIDER": "none",
-            "HEMOSTAT_WATCH_LABEL": "hemostat.e2e={}".format(SCOPE["hemostat.e2e"]),
-        }
-
-    def start(self, name: str, **extra: str) -> None:
-        env = self.env | {"HEMOSTAT_INSTANCE": f"e2e-{name}"} | extra
-        log = (self.logs / f"{name}.log").open("ab")
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "agents.cli", "agent", name],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        log.close()
-
-    def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
-        proc = self.procs.pop(name)
-        proc.send_signal(sig)
-        proc.wait(30)
-
-    def stop_all(self) -> None:
-        for name in list(self.procs):
-            self.stop(name)
-
-    def log(self, name: str) -> str:
-        return (self.logs / f"{name}.log").read_text(errors="replace")[-4000:]
-
-
-def wait(condition: Any, timeout: float = 60, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s: {what}")
-
-
 @pytest.fixture(scope="module")
 def stack(redis_service, tmp_path_factory, docker) -> Iterator[Stack]:
     r = sync_redis.Redis.from_url(redis_service.url)
     r.flushall()
     r.close()
-    folder = tmp_path_factory.mktemp("e2e")
-    (folder / "runbooks").mkdir()
-    for n, doc in enumerate(RUNBOOKS.split("---")):
-        (folder / "runbooks" / f"{n}.yaml").write_text(doc)
     receiver = Receiver().start()
-    s = Stack(redis_service.url, folder, receiver)
-    for name in AGENTS:
-        s.start(name)
-    client = sync_redis.Redis.from_url(redis_service.url, decode_responses=True)
+    s = Stack(
+        redis_service.url,
+        tmp_path_factory.mktemp("e2e"),
+        receiver,
+        host_name="e2e-host",
+        watch_label="hemostat.e2e={}".format(SCOPE["hemostat.e2e"]),
+        env={
+            "HEMOSTAT_RESPONDER_CRASH_LOOP_LIMIT": "2",
+            "HEMOSTAT_RESPONDER_CRASH_LOOP_WINDOW_S": "30",
+            "HEMOSTAT_RESPONDER_CIRCUIT_MAX_ACTIONS": "10",
+            "HEMOSTAT_ALERT_DEDUP_WINDOW_S": "0",
+            # One message per container: these tests read each; storms have their own test.
+            "HEMOSTAT_ALERT_STORM_THRESHOLD": "0",
+            "HEMOSTAT_ALERT_ROUTES": "info=slack;warning=slack,discord;critical=slack,discord;"
+            "escalation=slack,discord;approval_request=slack,discord",
+        },
+    )
+    s.write_runbooks(RUNBOOKS)
     try:
-        wait(lambda: len(list(client.scan_iter("hemostat:heartbeat:*"))) >= 5, 30, "5 heartbeats")
-        wait(lambda: monitor_subscribed(client), 30, "the Monitor follows Docker's events")
+        s.start_all()
         yield s
     finally:
         s.stop_all()
         receiver.stop()
-        client.close()
-
-
-def monitor_subscribed(client: sync_redis.Redis) -> bool:
-    for key in client.scan_iter("hemostat:heartbeat:monitor:*"):
-        beat = json.loads(client.get(key) or "{}")
-        if beat.get("details", {}).get("events_subscribed"):
-            return True
-    return False
-
-
-def quiet(r: sync_redis.Redis, what: str = "") -> None:
-    """Wait until every agent has handled every event so far (see `settled`)."""
-    wait(lambda: settled(r), 60, f"every event handled {what}")
 
 
 @pytest.fixture
@@ -193,21 +105,6 @@ def r(stack: Stack) -> Iterator[sync_redis.Redis]:
     client = sync_redis.Redis.from_url(stack.redis_url, decode_responses=True)
     yield client
     client.close()
-
-
-def events(r: sync_redis.Redis, channel: Channel) -> list[Any]:
-    """Every valid event on the channel (read as bytes: a test writes garbage in there too)."""
-    raw = r.execute_command("XRANGE", str(channel), "-", "+", **{NEVER_DECODE: True})
-    out = []
-    for _, fields in raw:
-        if not isinstance(fields, dict):
-            fields = dict(zip(fields[::2], fields[1::2], strict=False))
-        pairs = fields
-        try:
-            out.append(parse_event(pairs.get(b"event")))
-        except InvalidEventError:
-            continue
-    return out
 
 
 def outcomes(r: sync_redis.Redis, container_id: str) -> list[Any]:

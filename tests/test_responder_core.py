@@ -9,9 +9,11 @@ import pytest
 
 from agents.responder.core import (
     GUARD_ORDER,
+    Binding,
     Claim,
     ClaimStatus,
     Facts,
+    FatigueFacts,
     GuardFacts,
     Observation,
     ResponderLimits,
@@ -25,6 +27,7 @@ from agents.responder.core import (
     judge,
     quick_deaths_after_restarts,
     target_policy,
+    with_container_overrides,
 )
 from shared.actions import ActionGuards, Approval, ExecAction, ExecParams, NoneAction, RestartAction
 from shared.clock import ManualClock
@@ -80,11 +83,16 @@ def facts(
     target=True,
     approved=False,
     known=True,
+    approved_binding=None,
+    fatigue=None,
     **guard,
 ) -> Facts:
     return Facts(
         claim=Claim(status=claim, phase="received"),
         approved=approved,
+        approved_binding=approved_binding,
+        fatigue=fatigue or FatigueFacts(),
+        runbook_version=1,
         runbook_known=known,
         target=TargetFacts(id="c" * 64, name="web", labels=labels) if target else None,
         guard=GuardFacts(**({"lease_acquired": True} | guard)) if target else None,
@@ -101,7 +109,8 @@ def decide(req=None, action=RESTART, now=T, limits=LIMITS, **kw):
 def test_a_clean_request_passes_every_guard_in_order_and_acts():
     verdict = decide()
     assert verdict.kind is VerdictKind.ACT
-    assert [g.guard for g in verdict.guards] == [g for g in GUARD_ORDER if g != "approval"]
+    skipped = ("approval_binding", "approval")  # only for what needs (or has) an approval
+    assert [g.guard for g in verdict.guards] == [g for g in GUARD_ORDER if g not in skipped]
     assert all(g.passed for g in verdict.guards)
 
 
@@ -288,7 +297,9 @@ def test_the_first_guard_that_holds_wins_in_the_documented_order():
     gated = RESTART.model_copy(
         update={"approval": Approval(required=True), "guards": ActionGuards(max_attempts=1)}
     )
+    other_version = Binding.of("rb", 2, gated, "c" * 64)
     holding = {
+        "approval_binding": {"approved": True, "approved_binding": other_version},
         "stale": {"req": request(gated, detected=T - 10_000)},
         "action_policy": {"known": False},
         "target_policy": {"labels": {}},
@@ -377,3 +388,122 @@ def test_a_container_that_dies_at_once_died_again_even_if_its_finish_predates_it
     verdict = judge(plan(), died, T + 0.1, 3)
     assert (verdict.done, verdict.ok) == (True, False)
     assert "died again 0.0s" in verdict.detail
+
+
+# ---------------------------------------------------------------- approvals: fatigue and binding
+
+GATED = RESTART.model_copy(update={"approval": Approval(required=True)})
+
+
+def test_fatigue_each_rule_holds_in_turn_then_lets_a_proposal_out():
+    def ask(**f):
+        return evaluate(request(GATED), GATED, facts(fatigue=FatigueFacts(**f)), T, LIMITS)
+
+    assert ask(pending="p-1").guard == "approval_pending"
+    assert ask(denied_by="bob").guard == "approval_denied"
+    assert ask(expired=2).guard == "approval_expired"
+    assert ask(expired=1).kind is VerdictKind.PROPOSE
+    assert all(
+        ask(**f).kind is VerdictKind.SUPPRESS
+        for f in ({"pending": "p"}, {"denied_by": "b"}, {"expired": 2})
+    )
+    # The order: one question at a time first, then the incident's "no", then its silences.
+    assert ask(pending="p", denied_by="b", expired=5).guard == "approval_pending"
+    assert ask(denied_by="b", expired=5).guard == "approval_denied"
+
+
+@pytest.mark.parametrize(
+    ("severity", "cooldown"),
+    [(Severity.CRITICAL, 1800), (Severity.WARNING, 7200), (Severity.INFO, 14400)],
+)
+def test_the_repropose_cooldown_depends_on_severity_and_ends_exactly(severity, cooldown):
+    req = request(GATED).model_copy(update={"severity": severity})
+    f = FatigueFacts(last_unanswered_at=T - cooldown + 1)
+    held = evaluate(req, GATED, facts(fatigue=f), T, LIMITS)
+    assert (held.kind, held.guard) == (VerdictKind.SUPPRESS, "approval_cooldown")
+    f = FatigueFacts(last_unanswered_at=T - cooldown)
+    assert evaluate(req, GATED, facts(fatigue=f), T, LIMITS).kind is VerdictKind.PROPOSE
+
+
+def test_fatigue_never_stops_an_action_that_needs_no_approval():
+    f = FatigueFacts(pending="p", denied_by="b", expired=9, last_unanswered_at=T)
+    assert evaluate(request(), RESTART, facts(fatigue=f), T, LIMITS).kind is VerdictKind.ACT
+
+
+def test_an_approval_runs_only_what_was_approved():
+    bound = Binding.of("rb", 1, GATED, "c" * 64)
+
+    def run(binding, action=GATED, target=True):
+        f = facts(approved=True, approved_binding=binding, target=target)
+        return evaluate(request(GATED), action, f, T, LIMITS)
+
+    assert run(bound).kind is VerdictKind.ACT
+    newer = run(Binding.of("rb", 2, GATED, "c" * 64))
+    assert (newer.kind, newer.guard) == (VerdictKind.BLOCK, "approval_binding")
+    assert "runbook rb v2 is now rb v1" in newer.reason
+    longer = GATED.model_copy(
+        update={"params": GATED.params.model_copy(update={"stop_timeout_s": 99})}
+    )
+    changed = run(bound, action=longer)
+    assert "the action or its parameters changed" in changed.reason
+    gone = run(bound, target=False)
+    assert (gone.kind, gone.guard) == (VerdictKind.BLOCK, "approval_binding")
+    assert "the target is another container" in gone.reason
+    elsewhere = run(Binding.of("rb", 1, GATED, "d" * 64))
+    assert "another container (dddddddddddd then, cccccccccccc now)" in elsewhere.reason
+
+
+# ---------------------------------------------------------------- coming from autoheal
+
+
+@pytest.mark.parametrize(
+    ("labels", "setting", "kind", "allowed"),
+    [
+        ({"autoheal": "true"}, "autoheal", AlertKind.UNHEALTHY, True),
+        ({"autoheal": "true"}, "autoheal", AlertKind.CRASH, False),  # unhealthy only
+        ({"autoheal": "false"}, "autoheal", AlertKind.UNHEALTHY, False),
+        ({"autoheal": "true"}, "", AlertKind.UNHEALTHY, False),  # compatibility off
+        ({"heal-me": "true"}, "heal-me", AlertKind.UNHEALTHY, True),  # AUTOHEAL_CONTAINER_LABEL
+        ({}, "all", AlertKind.UNHEALTHY, True),
+        (
+            {"autoheal": "true", "hemostat.remediate": "false"},
+            "autoheal",
+            AlertKind.UNHEALTHY,
+            False,
+        ),
+        ({"autoheal": "true", "hemostat.protect": "true"}, "autoheal", AlertKind.UNHEALTHY, False),
+        ({}, "all", AlertKind.HIGH_MEMORY, False),
+    ],
+)
+def test_autoheals_label_opts_in_to_a_restart_when_unhealthy_only(labels, setting, kind, allowed):
+    req = request()
+    req = req.model_copy(update={"payload": req.payload.model_copy(update={"alert_kind": kind})})
+    limits = LIMITS.model_copy(update={"autoheal_label": setting})
+    verdict = evaluate(req, RESTART, facts(labels=labels), T, limits)
+    assert (verdict.kind is VerdictKind.ACT) is allowed, verdict.reason
+
+
+def test_autoheals_label_never_opts_in_to_other_actions():
+    stop_like = ExecAction(id="x", params=ExecParams(argv=["true"]))
+    assert not target_policy(
+        {"autoheal": "true"}, RemediationScope.OPT_IN, autoheal_label="autoheal"
+    ).allowed
+    req = request(stop_like)
+    req = req.model_copy(
+        update={"payload": req.payload.model_copy(update={"alert_kind": AlertKind.UNHEALTHY})}
+    )
+    limits = LIMITS.model_copy(update={"autoheal_label": "autoheal"})
+    verdict = evaluate(req, stop_like, facts(labels={"autoheal": "true"}), T, limits)
+    assert verdict.guard == "target_policy"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"), [("3", 3), (" 25 ", 25), ("0", 0), ("601", 10), ("soon", 10), ("-1", 10)]
+)
+def test_autoheal_stop_timeout_label_sets_the_restarts_stop_timeout(raw, expected):
+    action = RestartAction(id="restart")  # stop_timeout_s 10 by default
+    changed = with_container_overrides(action, {"autoheal.stop.timeout": raw})
+    assert changed.params.stop_timeout_s == expected
+    assert with_container_overrides(action, {}) is action
+    stop = NoneAction(id="n")
+    assert with_container_overrides(stop, {"autoheal.stop.timeout": "3"}) is stop

@@ -30,16 +30,6 @@ from tests.support.streams import acknowledged, events_on
 pytestmark = [pytest.mark.docker, pytest.mark.redis]
 
 
-@pytest.fixture
-def sleeper(docker, test_image, run_label):
-    def make(**labels):
-        return docker.containers.run(
-            test_image, ["sleep", "600"], detach=True, labels=run_label | labels
-        )
-
-    return make
-
-
 async def test_idempotency_acts_once_on_a_redelivered_request(
     redis, redis_url, docker, sleeper, runbooks
 ):

@@ -21,13 +21,14 @@ from agents.alert.channels import (
     NtfyChannel,
     SlackChannel,
 )
-from agents.alert.message import Notification, render
+from agents.alert.message import Notification, render, render_storm
 from agents.alert.routing import parse_routes, route
 from agents.alert.store import AlertStore
+from agents.alert.storm import Noted, StormPolicy, StormStore, bundles, member_of
 from agents.base import BaseAgent, periodic
 from shared.errors import ConfigError
 from shared.events import Channel as BusChannel
-from shared.events import Event
+from shared.events import Event, RemediationCompleteEvent, RemediationStatus, parse_event
 from shared.redaction import Redactor
 from shared.runbooks import Runbooks, load_runbooks
 from shared.settings import Settings
@@ -64,6 +65,7 @@ class AlertAgent(BaseAgent):
             per_type_maxlen=s.alert_history_per_type_maxlen,
         )
         self.counts: dict[str, int] = {}
+        self.storms = StormStore(self.redis, StormPolicy.from_settings(s))
 
     def partition_key(self, event: Event) -> str | None:
         # Keeps one container's messages in order (and its dedup decisions consistent).
@@ -101,16 +103,67 @@ class AlertAgent(BaseAgent):
             return  # a redelivery (or a retried publish) of an event already notified
         await self.store.remember(event)
         notification = render(event, self.settings.dashboard_url)
-        targets = route(
-            self.routes,
-            notification.event_type,
-            notification.severity,
-            frozenset(self.channels),
-            self._runbook_channels(notification.runbook_id),
-        )
-        if targets:
+        targets = self._targets(notification)
+        if _quiet(event):
+            # People already answered (fatigue rules): history and dashboard only.
+            await self.store.log_delivery(
+                notification, Delivery("*", "quiet", 0, "suppressed by the approval rules", 0)
+            )
+        elif targets and self._bundles(event, notification):
+            await self._note(event, notification, targets)
+        elif targets:
             await self._notify(notification, targets)
         await self.redis.set(seen, "1", ex=86_400)
+
+    def _targets(self, n: Notification) -> frozenset[str]:
+        return route(
+            self.routes,
+            n.event_type,
+            n.severity,
+            frozenset(self.channels),
+            self._runbook_channels(n.runbook_id),
+        )
+
+    def _bundles(self, event: Event, n: Notification) -> bool:
+        if not self.storms.policy.enabled or not bundles(event):
+            return False
+        runbook = self.runbooks.get(n.runbook_id) if self.runbooks and n.runbook_id else None
+        return runbook is None or runbook.notify.storm
+
+    async def _note(self, event: Event, n: Notification, targets: frozenset[str]) -> None:
+        now = self.clock.time()
+        noted, storm_id = await self.storms.note(event, member_of(event, now), targets, now)
+        if noted is Noted.ALONE:
+            await self._notify(n, targets)
+            return
+        if noted is Noted.HELD:
+            return  # the outbox sends it alone unless a storm takes it first
+        self._count("bundled")
+        await self.store.log_delivery(n, Delivery("*", "bundled", 0, f"storm {storm_id}", 0))
+        self.log.info("alert.bundled", storm=storm_id, container=n.container, started=noted)
+        if noted is Noted.STARTED:
+            await self.flush()  # a storm is told at once
+
+    @periodic(lambda self: self.settings.alert_outbox_poll_s)
+    async def flush(self) -> None:
+        """Send what is due in the outbox: failures no storm took, and storms' messages."""
+        now = self.clock.time()
+        if not self.storms.policy.enabled:
+            return
+        await self.storms.end_quiet(now)
+        for item, data in await self.storms.due(now):
+            kind, _, ident = item.partition(":")
+            if kind == "single":
+                event = parse_event(data["event"])
+                n = render(event, self.settings.dashboard_url)
+                await self._notify(n, frozenset(data.get("targets", [])))
+            else:
+                view = await self.storms.view(ident)
+                if view is not None and view.channels:
+                    n = render_storm(view, ending=kind == "end", now=now)
+                    await self._deliver(n, view.channels & frozenset(self.channels))
+                    self._count("storm_" + kind)
+            await self.storms.sent(item)
 
     async def _notify(self, n: Notification, targets: frozenset[str]) -> None:
         window = n.dedup_window_s
@@ -124,7 +177,9 @@ class AlertAgent(BaseAgent):
             )
             self.log.info("alert.deduplicated", key=n.dedup_key, suppressed_so_far=suppressed)
             return
-        n = replace(n, suppressed=suppressed)
+        await self._deliver(replace(n, suppressed=suppressed), targets)
+
+    async def _deliver(self, n: Notification, targets: frozenset[str]) -> None:
         results = await asyncio.gather(
             *(self.channels[name].deliver(n) for name in sorted(targets))
         )
@@ -147,6 +202,13 @@ class AlertAgent(BaseAgent):
             return frozenset()
         runbook = self.runbooks.get(runbook_id)
         return frozenset(runbook.notify.channels) if runbook else frozenset()
+
+
+def _quiet(event: Event) -> bool:
+    return (
+        isinstance(event, RemediationCompleteEvent)
+        and event.payload.status is RemediationStatus.SUPPRESSED
+    )
 
 
 def build_channels(

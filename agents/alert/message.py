@@ -4,8 +4,8 @@ per channel — Slack Block Kit, Discord embeds, ntfy JSON, plain text for appri
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from shared.events import (
     Analysis,
@@ -18,6 +18,9 @@ from shared.events import (
     Severity,
 )
 from shared.redaction import Redactor
+
+if TYPE_CHECKING:
+    from agents.alert.storm import StormView
 
 ICON = {Severity.CRITICAL: "🔴", Severity.WARNING: "🟠", Severity.INFO: "🟢"}
 COLOR = {Severity.CRITICAL: 0xE01E5A, Severity.WARNING: 0xECB22E, Severity.INFO: 0x2EB67D}
@@ -120,16 +123,22 @@ def render(event: Envelope, dashboard_url: str | None = None) -> Notification:
             fields.append(("Dry run", "yes — nothing was changed"))
         healed = p.status is RemediationStatus.SUCCEEDED
         what = "would " + p.action_type if p.dry_run else p.action_type
+        title = f"{container} · {what} → {outcome}"
+        if p.status is RemediationStatus.CANCELLED:
+            title = f"{container} · proposal {p.proposal_id} withdrawn: resolved by itself"
+        elif p.status is RemediationStatus.BLOCKED:
+            title = f"{container} · approved {p.action_type} not run: it changed since"
+        dedup_key = f"{container}|remediation:{p.alert_kind.value}:{p.action_type}|{outcome}"
+        if healed:
+            dedup_key = f"heal|{event.incident_id or container}"
+        elif p.proposal_id:
+            dedup_key = f"{container}|proposal:{p.proposal_id}|{outcome}"
         return Notification(
             **common,
-            title=f"{container} · {what} → {outcome}",
+            title=title,
             summary=f"{p.alert_kind.value} on {container}: {what} {outcome}",
             # A heal is one message per incident; every failure is told (within the window).
-            dedup_key=(
-                f"heal|{event.incident_id or container}"
-                if healed
-                else f"{container}|remediation:{p.alert_kind.value}:{p.action_type}|{outcome}"
-            ),
+            dedup_key=dedup_key,
             dedup_window_s=HEAL_WINDOW_S if healed else None,
             fields=fields,
             runbook_id=p.runbook_id,
@@ -172,6 +181,67 @@ def render(event: Envelope, dashboard_url: str | None = None) -> Notification:
             fields=[(k.title(), v) for k, v in es.details.items()],
         )
     raise ValueError(f"no notification for {type(event).__name__}")
+
+
+# ---------------------------------------------------------------- storms
+
+STORM_LIST_LIMIT = 25
+_STATE_WORDS = {
+    "healed": "healed",
+    "failed": "failed",
+    "needs_person": "need a person",
+    "nothing_done": "nothing done",
+}
+
+
+def _scope_words(scope: str) -> str:
+    kind, _, name = scope.partition(":")
+    return f"host {name}" if kind == "host" else f"{name} across hosts"
+
+
+def render_storm(view: StormView, *, ending: bool, now: float) -> Notification:
+    """One message for many failures: when the storm starts, and when it is over."""
+    members = view.members
+    count = len(members) + view.told_alone
+    span = max(0.0, (view.last if ending else now) - view.started)
+    states = {state: sum(1 for m in members if m.state == state) for state in _STATE_WORDS}
+    lines = [f"• {m.container} · {m.kind} → {m.outcome}" for m in members[:STORM_LIST_LIMIT]]
+    if len(members) > STORM_LIST_LIMIT:
+        lines.append(f"… and {len(members) - STORM_LIST_LIMIT} more (all in the dashboard)")
+    if view.told_alone:
+        lines.append(f"({view.told_alone} reported on their own just before the storm formed)")
+    worst = max((m.severity for m in members), key=lambda s: s.rank, default=Severity.WARNING)
+    tally = " · ".join(f"{n} {_STATE_WORDS[state]}" for state, n in states.items() if n)
+    where = _scope_words(view.scope)
+    if ending:
+        unhealed = [m for m in members if m.state != "healed"]
+        severity = (
+            Severity.INFO
+            if not unhealed
+            else max((m.severity for m in unhealed), key=lambda s: s.rank)
+        )
+        title = f"storm over on {where}: {count} failure(s) in {span:.0f}s"
+        summary = f"{tally or 'nothing to report'}. Each one:\n" + "\n".join(lines)
+    else:
+        severity = worst
+        title = f"storm on {where}: {count} failure(s) in {span:.0f}s"
+        summary = (
+            f"So far: {tally or 'being handled'}. HemoStat handles each one under its guards "
+            "(a storm makes it act on no more and no fewer); one more message when it is over.\n"
+            + "\n".join(lines)
+        )
+    return Notification(
+        event_id=view.id,
+        event_type="storm",
+        severity=severity,
+        title=title,
+        summary=summary,
+        container=where,
+        dedup_key=f"storm|{view.id}|{'end' if ending else 'start'}",
+        occurred_at=datetime.fromtimestamp(now, UTC),
+        fields=[(_STATE_WORDS[state].capitalize(), str(n)) for state, n in states.items() if n],
+        dedup_window_s=0,
+    )
 
 
 # ---------------------------------------------------------------- channel payloads

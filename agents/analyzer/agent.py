@@ -30,8 +30,11 @@ from shared.events import (
     FalseAlarm,
     FalseAlarmEvent,
     HealthAlertEvent,
+    IncidentResolved,
+    IncidentResolvedEvent,
     RemediationNeeded,
     RemediationNeededEvent,
+    Severity,
     make_event,
 )
 from shared.idempotency import Claims, delivery_entry
@@ -122,6 +125,8 @@ class AnalyzerAgent(BaseAgent):
                 incident_closed=closed,
                 kind=event.payload.kind,
             )
+            if closed and incident_id:
+                await self.bus.publish(self._resolved_event(event, incident_id))
             await self.claims.done(event.idempotency_key)
             return
         attached = await self.incidents.attach(event, now)
@@ -296,6 +301,24 @@ class AnalyzerAgent(BaseAgent):
         )
 
     # ------------------------------------------------------------------ the outcome
+
+    def _resolved_event(self, alert: HealthAlertEvent, incident_id: str) -> Envelope:
+        """Nothing of the incident fires any more: what waits on it (a proposal) is withdrawn."""
+        return make_event(
+            IncidentResolvedEvent,
+            source=self.source,
+            subject=alert.subject,
+            severity=Severity.INFO,
+            payload=IncidentResolved(
+                reason=alert.payload.summary[:300] or f"{alert.payload.kind} resolved",
+                kinds=[alert.payload.kind],
+            ),
+            occurred_at=self.clock.now(),
+            emitted_at=self.clock.now(),
+            incident_id=incident_id,
+            causation_id=alert.id,
+            idempotency_key=f"resolved:{incident_id}",
+        )
 
     def _decision_event(
         self, alert: HealthAlertEvent, incident_id: str, runbook: Runbook, decision: Decision

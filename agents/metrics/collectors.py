@@ -31,6 +31,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     Channel.APPROVAL_REQUEST: ("alert", "metrics"),
     Channel.APPROVAL_DECISION: ("responder", "metrics"),
     Channel.ESCALATION: ("alert", "metrics"),
+    Channel.INCIDENT_RESOLVED: ("responder", "metrics"),
 }
 
 

@@ -180,6 +180,8 @@ class PipelineMetrics:
                 RemediationStatus.EXPIRED,
                 RemediationStatus.SUCCEEDED,
                 RemediationStatus.FAILED,
+                RemediationStatus.CANCELLED,
+                RemediationStatus.BLOCKED,
             ):
                 self.approvals.labels(p.status.value).inc()
             elapsed = _since_id(event, p.request_id)

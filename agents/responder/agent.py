@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 
 from agents.base import BaseAgent, periodic
 from agents.responder.core import (
+    Binding,
     Claim,
     ClaimStatus,
     Facts,
@@ -34,8 +35,10 @@ from agents.responder.core import (
     evaluate,
     judge,
     target_policy,
+    with_container_overrides,
 )
 from agents.responder.executor import Executor, Prepared
+from agents.responder.fatigue import Answer, FatigueStore
 from agents.responder.store import GateRefused, RequestStore, ResponderState
 from shared import audit, keys
 from shared.actions import Action, ActionType
@@ -55,6 +58,7 @@ from shared.events import (
     Escalation,
     EscalationEvent,
     Event,
+    IncidentResolvedEvent,
     RemediationComplete,
     RemediationCompleteEvent,
     RemediationNeededEvent,
@@ -77,6 +81,7 @@ _PROPOSAL_FINAL = {
     RemediationStatus.DRY_RUN: ProposalState.DRY_RUN,
     RemediationStatus.FAILED: ProposalState.FAILED,
     RemediationStatus.REJECTED: ProposalState.FAILED,
+    RemediationStatus.BLOCKED: ProposalState.BLOCKED,
 }
 _AUDIT_EVENT = {
     RemediationStatus.SUCCEEDED: "executed",
@@ -87,12 +92,16 @@ _AUDIT_EVENT = {
     RemediationStatus.EXPIRED: "expired",
     RemediationStatus.DENIED: "denied",
     RemediationStatus.NOTIFIED: "notified",
+    RemediationStatus.SUPPRESSED: "suppressed",
+    RemediationStatus.CANCELLED: "cancelled",
+    RemediationStatus.BLOCKED: "blocked",
 }
 _SEVERITY = {
     RemediationStatus.FAILED: Severity.CRITICAL,
     RemediationStatus.REJECTED: Severity.WARNING,
     RemediationStatus.PENDING_APPROVAL: Severity.WARNING,
     RemediationStatus.EXPIRED: Severity.WARNING,
+    RemediationStatus.BLOCKED: Severity.WARNING,
 }
 
 
@@ -112,7 +121,7 @@ class Work:
 
 class ResponderAgent(BaseAgent):
     name = "responder"
-    consumes = (Channel.REMEDIATION_NEEDED, Channel.APPROVAL_DECISION)
+    consumes = (Channel.REMEDIATION_NEEDED, Channel.APPROVAL_DECISION, Channel.INCIDENT_RESOLVED)
 
     def __init__(
         self,
@@ -134,6 +143,7 @@ class ResponderAgent(BaseAgent):
         self.requests = RequestStore(self.redis)
         self.state = ResponderState(self.redis, s.responder_lease_ttl_s)
         self.approvals = ApprovalStore(self.redis)
+        self.fatigue = FatigueStore(self.redis, self.approvals)
         self.actor = f"responder:{self.instance}"
         self.counts: dict[str, int] = {}
         self._issuing: set[asyncio.Task[None]] = set()
@@ -168,6 +178,8 @@ class ResponderAgent(BaseAgent):
             await self._on_request(event)
         elif isinstance(event, ApprovalDecisionEvent):
             await self._on_decision(event)
+        elif isinstance(event, IncidentResolvedEvent):
+            await self._on_resolved(event)
 
     async def _on_request(self, request: RemediationNeededEvent) -> None:
         delivery = current_delivery()
@@ -199,6 +211,7 @@ class ResponderAgent(BaseAgent):
             self.log.warning("responder.unknown_proposal", proposal=decision.proposal_id)
             return
         if decision.decision is Decision.DENIED:
+            await self._answered(proposal, Answer.DENIED, decision.actor)
             await self._close_proposal(
                 proposal,
                 RemediationStatus.DENIED,
@@ -232,7 +245,12 @@ class ResponderAgent(BaseAgent):
                 info = None
         if info is None:
             facts = Facts(
-                claim=claim, approved=approved, runbook_known=runbook is not None, target=None
+                claim=claim,
+                approved=approved,
+                runbook_known=runbook is not None,
+                target=None,
+                runbook_version=runbook.version if runbook else None,
+                approved_binding=_binding(work.proposal) if approved else None,
             )
             await self._conclude(
                 work,
@@ -256,10 +274,16 @@ class ResponderAgent(BaseAgent):
                     runbook_known=runbook is not None,
                     target=target,
                     guard=guard,
+                    fatigue=await self.fatigue.read(
+                        info.id, p.action.id, request.incident_id or "-", request.idempotency_key
+                    ),
+                    runbook_version=runbook.version if runbook else None,
+                    approved_binding=_binding(work.proposal) if approved else None,
                 )
                 verdict = evaluate(request, declared, facts, self.clock.time(), self.limits)
                 if verdict.kind is VerdictKind.ACT:
                     assert declared is not None
+                    declared = with_container_overrides(declared, info.labels)
                     if keeper is not None and keeper.lost:
                         await self._finish(
                             work,
@@ -367,6 +391,21 @@ class ResponderAgent(BaseAgent):
             )
         elif verdict.kind is VerdictKind.PROPOSE:
             await self._propose(work, verdict, info, chosen)
+        elif verdict.kind in (VerdictKind.SUPPRESS, VerdictKind.BLOCK):
+            status = (
+                RemediationStatus.SUPPRESSED
+                if verdict.kind is VerdictKind.SUPPRESS
+                else RemediationStatus.BLOCKED
+            )
+            await self._finish(
+                work,
+                verdict,
+                status,
+                guard=verdict.guard,
+                reason=verdict.reason,
+                info=info,
+                action=chosen,
+            )
         elif verdict.kind is VerdictKind.DRY_RUN:
             await self._finish(
                 work,
@@ -598,7 +637,15 @@ class ResponderAgent(BaseAgent):
         request = work.request
         p = request.payload
         why = self.redactor.clip(verdict.reason, 500)
-        proposal = await self.approvals.create(request, action.approval.timeout_s, why)
+        target_id = info.id if info else None
+        runbook = self.runbooks.get(p.runbook_id)
+        version = runbook.version if runbook else p.runbook_version
+        bound = Binding.of(p.runbook_id, version, action, target_id)
+        proposal = await self.approvals.create(
+            request, action.approval.timeout_s, why, binding=bound.model_dump_json()
+        )
+        if target_id:
+            await self.fatigue.proposed(target_id, action.id, proposal.id)
         work.proposal = proposal
         ask = make_event(
             ApprovalRequestEvent,
@@ -644,6 +691,7 @@ class ResponderAgent(BaseAgent):
         except ApprovalError as exc:
             self.log.info("responder.proposal_skipped", proposal=proposal.id, reason=str(exc))
             return  # another replica took it, or it was never approved
+        await self._answered(proposal, Answer.WITHDRAWN, decided_by)
         record_key = RequestStore.key(f"proposal:{proposal.id}")
         holder = self.state.new_token(self.instance)
         claim = await self.requests.claim(record_key, "execute", holder, self.clock.time())
@@ -687,7 +735,11 @@ class ResponderAgent(BaseAgent):
             proposal,
             causation_id,
         )
-        audit_event = {RemediationStatus.DENIED: "denied", RemediationStatus.EXPIRED: "expired"}
+        audit_event = {
+            RemediationStatus.DENIED: "denied",
+            RemediationStatus.EXPIRED: "expired",
+            RemediationStatus.CANCELLED: "cancelled",
+        }
         await self._finish(
             work,
             Verdict(kind=VerdictKind.REJECT),
@@ -713,12 +765,86 @@ class ResponderAgent(BaseAgent):
                 continue  # decided meanwhile, or another replica expired it
             proposal = await self.approvals.get(proposal_id)
             if proposal is not None:
+                expiries = await self._answered(proposal, Answer.EXPIRED, "timeout")
                 await self._close_proposal(
                     proposal,
                     RemediationStatus.EXPIRED,
                     actor="timeout",
                     reason="no one decided before the deadline; nothing was done",
                 )
+                if expiries == self.limits.approval_max_expiries:
+                    await self._escalate_unanswered(proposal, expiries)
+
+    async def _answered(self, proposal: Proposal, answer: Answer, actor: str) -> int:
+        bound = _binding(proposal)
+        return await self.fatigue.answered(
+            (bound.target_id if bound else None) or proposal.container_id,
+            proposal.action_id,
+            proposal.id,
+            answer,
+            incident=proposal.incident_id or "-",
+            actor=actor,
+            now=self.clock.time(),
+        )
+
+    async def _escalate_unanswered(self, proposal: Proposal, expiries: int) -> None:
+        """Asked `expiries` times, never answered: stop asking in this incident, say so once."""
+        request = proposal.request_event()
+        name = proposal.container_name or proposal.container_id[:12]
+        event = make_event(
+            EscalationEvent,
+            source=self.source,
+            subject=request.subject,
+            severity=Severity.CRITICAL,
+            payload=Escalation(
+                reason=f"{expiries} proposals to {proposal.action_type} {name} "
+                f"({proposal.action_id}) expired with no answer; it will not be proposed again "
+                "in this incident — a person must look",
+                guard="approval_expired",
+                action_type=request.payload.action.type,
+                request_id=request.id,
+                details={"runbook": proposal.runbook_id, "container": name},
+            ),
+            occurred_at=self.clock.now(),
+            emitted_at=self.clock.now(),
+            incident_id=request.incident_id,
+            causation_id=request.id,
+            idempotency_key=f"escalation:unanswered:{proposal.container_id}:"
+            f"{proposal.action_id}:{proposal.incident_id}",
+        )
+        await self.bus.publish(event)
+        self.log.warning("responder.escalated", guard="approval_expired", container=name)
+
+    async def _on_resolved(self, event: IncidentResolvedEvent) -> None:
+        """The incident resolved by itself: what still waits for a decision is withdrawn."""
+        if not event.incident_id:
+            return
+        reason = (
+            f"withdrawn: the incident resolved by itself ({event.payload.reason}); nothing was done"
+        )
+        for proposal in await self.approvals.in_incident(event.incident_id):
+            if proposal.state is ProposalState.PENDING:
+                try:
+                    await self.approvals.transition(
+                        proposal.id,
+                        ProposalState.CANCELLED,
+                        {ProposalState.PENDING},
+                        actor="hemostat",
+                        reason=reason,
+                    )
+                except ApprovalError:
+                    continue  # decided or expired meanwhile: that outcome stands
+            elif proposal.state is not ProposalState.CANCELLED:
+                continue
+            await self._answered(proposal, Answer.WITHDRAWN, "hemostat")
+            # Closing again after a crash is safe: the outcome is stored once.
+            await self._close_proposal(
+                proposal,
+                RemediationStatus.CANCELLED,
+                actor="hemostat",
+                reason=reason,
+                causation_id=event.id,
+            )
 
     @periodic(lambda self: self.settings.responder_sweep_interval_s)
     async def sweep_proposals(self) -> None:
@@ -954,6 +1080,13 @@ class ResponderAgent(BaseAgent):
             await self.requests.mark(record_key, proposal_closed="1")
         await self.requests.unschedule(record_key)
         await self.requests.undefer(record_key)
+
+
+def _binding(proposal: Proposal | None) -> Binding | None:
+    """What the person approved; None for a proposal made before bindings existed."""
+    if proposal is None or not proposal.binding:
+        return None
+    return Binding.model_validate_json(proposal.binding)
 
 
 class _nothing:

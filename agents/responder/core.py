@@ -5,8 +5,12 @@ action, the target's labels and state, guard state read from Redis while holding
 calls `evaluate()`, then acts and books. The guards apply in this order and the first that holds
 ends the request:
 
-    idempotency → stale → action_policy → target_policy → lease → cooldown → circuit_breaker
-    → crash_loop → approval → dry_run
+    idempotency → approval_binding → stale → action_policy → target_policy → lease → cooldown
+    → circuit_breaker → crash_loop → approval (and its fatigue rules) → dry_run
+
+An approved proposal runs only if what was approved is what would run: `approval_binding` compares
+a hash of runbook id and version, action and parameters, and target with the proposal's. Before
+asking people, the fatigue rules (`fatigue()`) say whether they have already answered.
 
 Guard state is stored as values compared with `now` ("until" timestamps and history lists), so
 every edge is tested with a manual clock. `judge()` decides a scheduled verification the same way.
@@ -14,6 +18,8 @@ every edge is tested with a manual clock. `judge()` decides a scheduled verifica
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
 
@@ -29,15 +35,18 @@ from shared.actions import (
 )
 from shared.audit import GuardResult
 from shared.containers import LABEL_PROTECT, LABEL_REMEDIATE, LABEL_STACK, matches_label
-from shared.events import RemediationNeededEvent
+from shared.events import AlertKind, RemediationNeededEvent, Severity
 from shared.model import Model
 from shared.settings import RemediationScope, Settings
 
 __all__ = [
     "GUARD_ORDER",
+    "LABEL_AUTOHEAL_STOP_TIMEOUT",
+    "Binding",
     "Claim",
     "ClaimStatus",
     "Facts",
+    "FatigueFacts",
     "GuardFacts",
     "Judgement",
     "Observation",
@@ -50,16 +59,20 @@ __all__ = [
     "action_budget_s",
     "admit",
     "after_outcome",
+    "autoheal_opted_in",
     "circuit_open",
     "cooldown_seconds",
     "evaluate",
+    "fatigue",
     "judge",
     "quick_deaths_after_restarts",
     "target_policy",
+    "with_container_overrides",
 ]
 
 GUARD_ORDER = (
     "idempotency",
+    "approval_binding",
     "stale",
     "action_policy",
     "target_policy",
@@ -89,6 +102,17 @@ class ResponderLimits(Model):
     lease_ttl_s: float = 30.0
     approval_execution_deadline_s: float = 300.0
     watch_label: str | None = None
+    # Approval fatigue: how long after an unanswered or denied proposal the same action on the
+    # same container is not proposed again, by the request's severity; expiries per incident.
+    repropose_cooldown_s: dict[Severity, float] = Field(
+        default_factory=lambda: {
+            Severity.CRITICAL: 1800.0,
+            Severity.WARNING: 7200.0,
+            Severity.INFO: 14400.0,
+        }
+    )
+    approval_max_expiries: int = 2
+    autoheal_label: str = ""  # docker-autoheal's opt-in label ("" off, "all" every container)
 
     @classmethod
     def from_settings(cls, s: Settings) -> ResponderLimits:
@@ -106,6 +130,13 @@ class ResponderLimits(Model):
             lease_ttl_s=s.responder_lease_ttl_s,
             approval_execution_deadline_s=s.responder_approval_execution_deadline_s,
             watch_label=s.watch_label,
+            repropose_cooldown_s={
+                Severity.CRITICAL: s.approval_cooldown_critical_s,
+                Severity.WARNING: s.approval_cooldown_warning_s,
+                Severity.INFO: s.approval_cooldown_info_s,
+            },
+            approval_max_expiries=s.approval_max_expiries,
+            autoheal_label=s.autoheal_container_label.strip(),
         )
 
     def cooldown_base(self, action: Action) -> float:
@@ -157,12 +188,64 @@ class GuardFacts(Model):
     escalated_until: dict[str, float] = Field(default_factory=dict)
 
 
+class FatigueFacts(Model):
+    """What people already answered about proposing this action for this container."""
+
+    pending: str | None = None  # a proposal for it still waiting for an answer
+    denied_by: str | None = None  # someone denied it in this incident
+    expired: int = 0  # proposals for it that expired unanswered in this incident
+    last_unanswered_at: float | None = None  # the last expiry or denial, any incident
+
+
+class Binding(Model):
+    """What an approval is for. Any difference between approval and execution blocks it."""
+
+    runbook_id: str
+    runbook_version: int | None
+    action: str  # the action with its parameters, as canonical JSON
+    target_id: str | None
+
+    @classmethod
+    def of(
+        cls, runbook_id: str, version: int | None, action: Action | None, target_id: str | None
+    ) -> Binding:
+        dumped = (
+            json.dumps(action.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+            if action is not None
+            else "(not in the runbook)"
+        )
+        return cls(
+            runbook_id=runbook_id, runbook_version=version, action=dumped, target_id=target_id
+        )
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+
+    def changes(self, now: Binding) -> list[str]:
+        said = []
+        if (self.runbook_id, self.runbook_version) != (now.runbook_id, now.runbook_version):
+            said.append(
+                f"runbook {self.runbook_id} v{self.runbook_version} is now "
+                f"{now.runbook_id} v{now.runbook_version}"
+            )
+        if self.action != now.action:
+            said.append("the action or its parameters changed")
+        if self.target_id != now.target_id:
+            was, is_ = (self.target_id or "none")[:12], (now.target_id or "gone")[:12]
+            said.append(f"the target is another container ({was} then, {is_} now)")
+        return said
+
+
 class Facts(Model):
     claim: Claim
     approved: bool = False  # executing a proposal a person approved
     runbook_known: bool
     target: TargetFacts | None  # None: the container does not exist
     guard: GuardFacts | None = None  # None when there is no target
+    fatigue: FatigueFacts = Field(default_factory=FatigueFacts)
+    runbook_version: int | None = None  # the runbook as loaded now
+    approved_binding: Binding | None = None  # what the person approved (None: not bound)
 
 
 class VerdictKind(StrEnum):
@@ -173,6 +256,8 @@ class VerdictKind(StrEnum):
     NOTIFY = "notify"  # notify-only request
     REJECT = "reject"
     PROPOSE = "propose"
+    SUPPRESS = "suppress"  # would propose, but people already answered (fatigue rules)
+    BLOCK = "block"  # approved, but what was approved changed: not run
     DRY_RUN = "dry_run"
     ACT = "act"
 
@@ -220,16 +305,46 @@ def _true(labels: Mapping[str, str], key: str) -> bool:
     return labels.get(key, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+LABEL_AUTOHEAL_STOP_TIMEOUT = "autoheal.stop.timeout"
+
+
+def autoheal_opted_in(labels: Mapping[str, str], autoheal_label: str) -> bool:
+    """docker-autoheal's opt-in, read as autoheal reads it: the label set to true, or `all`."""
+    if not autoheal_label:
+        return False
+    return autoheal_label == "all" or _true(labels, autoheal_label)
+
+
+def with_container_overrides(action: Action, labels: Mapping[str, str]) -> Action:
+    """The action as this container asks for it: `autoheal.stop.timeout` sets a restart's stop
+    timeout (seconds, 0 to 600; anything else is ignored)."""
+    raw = labels.get(LABEL_AUTOHEAL_STOP_TIMEOUT)
+    if not isinstance(action, RestartAction) or raw is None:
+        return action
+    try:
+        seconds = int(raw.strip())
+    except ValueError:
+        return action
+    if not 0 <= seconds <= 600 or seconds == action.params.stop_timeout_s:
+        return action
+    params = action.params.model_copy(update={"stop_timeout_s": seconds})
+    return action.model_copy(update={"params": params})
+
+
 def target_policy(
     labels: Mapping[str, str],
     scope: RemediationScope,
     *,
     is_own: bool = False,
     watch_label: str | None = None,
+    autoheal_label: str = "",
+    unhealthy_restart: bool = False,
 ) -> TargetVerdict:
     """Never HemoStat's own containers or protected ones; opted-in ones only unless scope=all;
     nothing outside this HemoStat's `watch_label`. Applies to the request's target and to every
-    sibling an action selects (cleanup, scale)."""
+    sibling an action selects (cleanup, scale). docker-autoheal's label opts a container in to
+    one thing only: a restart when it is unhealthy (`unhealthy_restart`), unless
+    hemostat.remediate=false says otherwise."""
     if not matches_label(labels, watch_label):
         return TargetVerdict(
             allowed=False, detail=f"outside this HemoStat's scope (watch label {watch_label})"
@@ -243,6 +358,12 @@ def target_policy(
     if _true(labels, LABEL_PROTECT):
         return TargetVerdict(allowed=False, detail="container is protected (hemostat.protect=true)")
     if scope is RemediationScope.OPT_IN and not _true(labels, LABEL_REMEDIATE):
+        explicit_no = labels.get(LABEL_REMEDIATE, "").strip().lower() in ("0", "false", "no", "off")
+        if unhealthy_restart and not explicit_no and autoheal_opted_in(labels, autoheal_label):
+            how = "every container" if autoheal_label == "all" else f"label {autoheal_label}=true"
+            return TargetVerdict(
+                allowed=True, detail=f"opted in to restart when unhealthy through autoheal ({how})"
+            )
         return TargetVerdict(
             allowed=False,
             detail="container has not opted in (label hemostat.remediate=true; scope is opt_in)",
@@ -341,6 +462,20 @@ def evaluate(
     if p.action.type == "none":
         return c.verdict(VerdictKind.NOTIFY, reason=p.reason)
 
+    if facts.approved and facts.approved_binding is not None:
+        target_id = facts.target.id if facts.target else None
+        now_bound = Binding.of(p.runbook_id, facts.runbook_version, action, target_id)
+        changed = facts.approved_binding.changes(now_bound)
+        if facts.approved_binding.digest != now_bound.digest:
+            detail = "; ".join(changed) or "what was approved is not what would run"
+            c.check("approval_binding", False, detail)
+            return c.verdict(
+                VerdictKind.BLOCK,
+                guard="approval_binding",
+                reason=f"not run: {detail} since the approval; propose it again if still needed",
+            )
+        c.check("approval_binding", True, "what was approved is what runs")
+
     if not facts.approved:
         age = now - detected_at(request)
         limit = limits.max_request_age_s
@@ -368,7 +503,12 @@ def evaluate(
             reason=f"container {name[:12]} does not exist",
         )
     policy = target_policy(
-        target.labels, limits.scope, is_own=target.is_own, watch_label=limits.watch_label
+        target.labels,
+        limits.scope,
+        is_own=target.is_own,
+        watch_label=limits.watch_label,
+        autoheal_label=limits.autoheal_label,
+        unhealthy_restart=action.type == "restart" and p.alert_kind is AlertKind.UNHEALTHY,
     )
     if not c.check("target_policy", policy.allowed, policy.detail):
         return c.verdict(VerdictKind.REJECT, guard="target_policy", reason=policy.detail)
@@ -425,6 +565,11 @@ def evaluate(
             if p.needs_human
             else f"runbook {p.runbook_id} requires approval for {action.id}"
         )
+        held = fatigue(facts.fatigue, request.severity, now, limits)
+        if held is not None:
+            guard, detail = held
+            c.check("approval", False, detail)
+            return c.verdict(VerdictKind.SUPPRESS, guard=guard, reason=f"not proposed: {detail}")
         c.check("approval", False, f"waiting for a human: {why}")
         return c.verdict(VerdictKind.PROPOSE, guard="approval", reason=why)
     if facts.approved:
@@ -439,6 +584,35 @@ def evaluate(
         )
     c.check("dry_run", True, "dry-run is off")
     return c.verdict(VerdictKind.ACT)
+
+
+def fatigue(
+    f: FatigueFacts, severity: Severity, now: float, limits: ResponderLimits
+) -> tuple[str, str] | None:
+    """(guard, why) when people must not be asked again; None when a proposal may go out.
+
+    One question at a time; a "no" holds for the incident; two unanswered proposals end the
+    asking for the incident (people were told once it was escalated); and after any unanswered
+    or denied proposal, the same question waits out a cooldown that depends on the severity."""
+    if f.pending:
+        return "approval_pending", f"proposal {f.pending} for it is still waiting for an answer"
+    if f.denied_by:
+        return "approval_denied", f"{f.denied_by} denied it in this incident"
+    if f.expired >= limits.approval_max_expiries:
+        return (
+            "approval_expired",
+            f"{f.expired} proposals for it expired unanswered in this incident (escalated)",
+        )
+    if f.last_unanswered_at is not None:
+        cooldown = limits.repropose_cooldown_s.get(severity, 0.0)
+        left = f.last_unanswered_at + cooldown - now
+        if left > 0:
+            return (
+                "approval_cooldown",
+                f"asked {_ago(now - f.last_unanswered_at)} ago without a yes; a {severity} "
+                f"proposal is not repeated within {_ago(cooldown)} ({_ago(left)} left)",
+            )
+    return None
 
 
 def _escalating(

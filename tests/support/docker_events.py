@@ -2,8 +2,9 @@
 
 The daemon answers `events?since=` from a buffer of its last 256 events only, which a few dozen
 containers (or another test on the same engine) overflow in seconds; a count taken that way can
-miss a restart. This recorder follows the live stream of every test container (label
-`hemostat.test`) from the first time it is asked, in a thread, and answers from its own log."""
+miss a restart. This recorder follows the live stream of every container from the first time it
+is asked (test containers carry `hemostat.test`, but not all: an autoheal test's must carry no
+HemoStat label), in a thread, and answers from its own log."""
 
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ class DockerEventLog:
                 stream = client.api.events(
                     since=since,
                     decode=True,
-                    filters={"type": "container", "label": TEST_LABEL},
+                    filters={"type": "container"},
                 )
                 self._started.set()
                 for event in stream:

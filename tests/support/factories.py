@@ -20,6 +20,8 @@ from shared.events import (
     FalseAlarmEvent,
     HealthAlert,
     HealthAlertEvent,
+    IncidentResolved,
+    IncidentResolvedEvent,
     RemediationComplete,
     RemediationCompleteEvent,
     RemediationNeeded,
@@ -143,6 +145,11 @@ def every_event_type() -> list[Envelope]:
             **common,
         ),
         make_event(EscalationEvent, payload=Escalation(reason="circuit open"), **common),
+        make_event(
+            IncidentResolvedEvent,
+            payload=IncidentResolved(reason="healthy again", kinds=[AlertKind.UNHEALTHY]),
+            **common,
+        ),
     ]
 
 

@@ -72,6 +72,18 @@ def runbooks(tmp_path: Path) -> tuple[Path, Runbooks]:
     return folder, write_runbooks(folder)
 
 
+@pytest.fixture
+def sleeper(docker: Any, test_image: str, run_label: dict[str, str]) -> Any:
+    """Makes a labelled container that sleeps (removed when the test ends)."""
+
+    def make(**labels: str) -> Any:
+        return docker.containers.run(
+            test_image, ["sleep", "600"], detach=True, labels=run_label | labels
+        )
+
+    return make
+
+
 def write_runbooks(folder: Path) -> Runbooks:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "test.yaml").write_text(RUNBOOK)
