@@ -10,6 +10,7 @@ __all__ = [
     "DEATHS",
     "DEFERRED",
     "GUARD",
+    "INTERACTION_SEEN",
     "LEASE",
     "MONITOR_CURSOR",
     "MONITOR_SENT",
@@ -41,3 +42,6 @@ PROPOSAL = "hemostat:proposal:"  # hash per proposal
 PROPOSALS = "hemostat:proposals"  # zset: id -> created_at
 PROPOSALS_PENDING = "hemostat:proposals:pending"  # zset: id -> expires_at
 PROPOSAL_BY_REQUEST = "hemostat:proposal:req:"  # string: request key -> proposal id
+
+# ---- Alert: chat approvals
+INTERACTION_SEEN = "hemostat:interactions:seen:"  # string per signature: a replay is refused
