@@ -18,6 +18,7 @@ __all__ = [
     "DEATHS",
     "DEFERRED",
     "GUARD",
+    "INTERACTION_SEEN",
     "LEASE",
     "MONITOR_CURSOR",
     "MONITOR_SENT",
@@ -63,3 +64,6 @@ ALERT_STORMS_OPEN = "hemostat:alert:storms"  # zset: open storm id -> its last f
 ALERT_OUTBOX = "hemostat:alert:outbox"  # zset: message item -> when it is due
 ALERT_OUTBOX_DATA = "hemostat:alert:outbox:data"  # hash: message item -> JSON
 ALERT_OUTBOX_LEASED = "hemostat:alert:outbox:leased"  # zset: item being sent -> lease end
+
+# ---- Alert: chat approvals
+INTERACTION_SEEN = "hemostat:interactions:seen:"  # string per signature: a replay is refused

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import socket
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import ConfigError
@@ -391,6 +392,16 @@ class ResponderSettings(_Section):
     )
 
 
+def _ids(value: str, pattern: str, what: str) -> str:
+    """A comma-separated id list, normalised; a name or a handle instead of an id is refused
+    (an allowlist that silently matches nobody would refuse every approver)."""
+    ids = [part.strip() for part in value.split(",") if part.strip()]
+    for item in ids:
+        if not re.fullmatch(pattern, item):
+            raise ValueError(f"{item!r} is not {what}")
+    return ",".join(ids)
+
+
 # Every configured channel hears about every failure HemoStat saw (dry runs included); false
 # alarms stay in the history and the dashboard. Setting routes narrows this.
 DEFAULT_ROUTES = "remediation_complete=all;approval_request=all;escalation=all;false_alarm="
@@ -485,6 +496,59 @@ class AlertSettings(_Section):
         description="A storm ends after this long without a new failure in it; then one "
         "message says how it ended.",
     )
+    slack_signing_secret: SecretStr | None = Field(
+        default=None,
+        validation_alias="SLACK_SIGNING_SECRET",
+        description="The Slack app's signing secret (Basic Information → App Credentials): "
+        "approval requests carry Approve / Deny buttons and every click is verified with it. "
+        "Needs HEMOSTAT_SLACK_APPROVERS and HEMOSTAT_INTERACTIONS_PORT.",
+    )
+    slack_approvers: str = Field(
+        default="",
+        description="Comma-separated Slack member ids (U012AB3CD: profile → ⋮ → Copy member ID) "
+        "whose Approve / Deny clicks count; everyone else is refused.",
+    )
+    discord_public_key: str | None = Field(
+        default=None,
+        validation_alias="DISCORD_PUBLIC_KEY",
+        description="The Discord application's public key (hex, General Information): approval "
+        "requests carry Approve / Deny buttons and every interaction is verified with it. Needs "
+        "HEMOSTAT_DISCORD_APPROVERS, HEMOSTAT_INTERACTIONS_PORT and an application-owned webhook.",
+    )
+    discord_approvers: str = Field(
+        default="",
+        description="Comma-separated Discord user ids (Developer Mode → Copy User ID) whose "
+        "Approve / Deny clicks count; everyone else is refused.",
+    )
+    interactions_host: str = Field(
+        default="127.0.0.1",
+        description="Address the Slack / Discord interactions endpoint listens on (put an HTTPS "
+        "reverse proxy or tunnel in front: the platforms only call public HTTPS URLs).",
+    )
+    interactions_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of the interactions endpoint (POST /slack/interactions, "
+        "POST /discord/interactions); 0: off, and no buttons are sent.",
+    )
+
+    @field_validator("slack_approvers")
+    @classmethod
+    def _slack_ids(cls, value: str) -> str:
+        return _ids(value, r"[A-Z0-9]+", "a Slack member id (like U012AB3CD)")
+
+    @field_validator("discord_approvers")
+    @classmethod
+    def _discord_ids(cls, value: str) -> str:
+        return _ids(value, r"[0-9]+", "a Discord user id (digits, like 80351110224678912)")
+
+    @field_validator("discord_public_key")
+    @classmethod
+    def _public_key(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", value.strip()):
+            raise ValueError("must be the 64 hex characters Discord shows as the Public Key")
+        return value.strip().lower() if value else value
 
 
 class MetricsSettings(_Section):

@@ -1,6 +1,10 @@
 """The Alert agent: tells people what happened — routed by event type and severity, deduplicated
 per (container, kind, outcome) within a window, redacted — and keeps the event history the
 dashboard reads. With no channel configured it still keeps history and says notifications are off.
+
+With a Slack signing secret or a Discord public key (and HEMOSTAT_INTERACTIONS_PORT) it also
+serves the interactions endpoint (`interactions.py`): approval requests carry Approve / Deny
+buttons, and a verified click by an allowed user decides like the CLI and the dashboard do.
 """
 
 from __future__ import annotations
@@ -21,17 +25,21 @@ from agents.alert.channels import (
     NtfyChannel,
     SlackChannel,
 )
+from agents.alert.interactions import DiscordVerifier, Interactions, SlackVerifier
+from agents.alert.interactions_http import InteractionsServer
 from agents.alert.message import Notification, render, render_storm
 from agents.alert.routing import parse_routes, route
 from agents.alert.store import AlertStore
 from agents.alert.storm import Noted, StormPolicy, StormStore, bundles, member_of
 from agents.base import BaseAgent, periodic
+from shared.clock import Clock
 from shared.errors import ConfigError
 from shared.events import Channel as BusChannel
 from shared.events import Event, RemediationCompleteEvent, RemediationStatus, parse_event
+from shared.log import Logger
 from shared.redaction import Redactor
 from shared.runbooks import Runbooks, load_runbooks
-from shared.settings import Settings
+from shared.settings import Settings, env_name
 
 SEEN_PREFIX = "hemostat:alert:seen:"
 
@@ -66,13 +74,55 @@ class AlertAgent(BaseAgent):
         )
         self.counts: dict[str, int] = {}
         self.storms = StormStore(self.redis, StormPolicy.from_settings(s))
+        self.interactions: Interactions | None = None
+        if s.slack_signing_secret or s.discord_public_key:
+            if self.http is None:
+                self.http = httpx.AsyncClient(follow_redirects=False)  # Slack's response_url
+            self.interactions = build_interactions(
+                s, self.redis, self.http, Redactor(s.secret_values()), self.clock, self.log
+            )
+        self.interactions_server: InteractionsServer | None = None
 
     def partition_key(self, event: Event) -> str | None:
         # Keeps one container's messages in order (and its dedup decisions consistent).
         return event.subject.container_id or event.subject.container_name
 
     def health_details(self) -> dict[str, Any]:
-        return super().health_details() | {"channels": sorted(self.channels), **self.counts}
+        details = super().health_details() | {"channels": sorted(self.channels), **self.counts}
+        if self.interactions_server is not None and self.interactions is not None:
+            details["interactions"] = {
+                "port": self.interactions_server.port,
+                **self.interactions.counts,
+            }
+        return details
+
+    async def on_start(self) -> None:
+        s = self.settings
+        for problem in chat_approval_problems(s):
+            self.log.warning("alert.no_buttons", reason=problem)
+        if not s.interactions_port:
+            return
+        if self.interactions is None:
+            raise ConfigError(
+                f"{env_name('interactions_port')} is set, but neither "
+                f"{env_name('slack_signing_secret')} nor {env_name('discord_public_key')}: "
+                "the interactions endpoint would have nothing to verify a click with"
+            )
+        self.interactions_server = InteractionsServer(
+            s.interactions_host,
+            s.interactions_port,
+            self.interactions.handle,
+            asyncio.get_running_loop(),
+            paths=self.interactions.paths,
+        )
+        self.interactions_server.start()
+        self.log.info(
+            "alert.interactions_listening",
+            host=s.interactions_host,
+            port=self.interactions_server.port,
+            paths=sorted(self.interactions.paths),
+            buttons=sorted(button_platforms(s)),
+        )
 
     async def on_started(self) -> None:
         if not self.channels:
@@ -85,6 +135,10 @@ class AlertAgent(BaseAgent):
             self.log.info("alert.channels", channels=sorted(self.channels))
 
     async def on_stop(self) -> None:
+        if self.interactions_server is not None:
+            await asyncio.to_thread(self.interactions_server.stop)
+        if self.interactions is not None:
+            await self.interactions.aclose()
         if self.http is not None:
             await self.http.aclose()
 
@@ -211,6 +265,68 @@ def _quiet(event: Event) -> bool:
     )
 
 
+def button_platforms(settings: Settings) -> frozenset[str]:
+    """Where approval requests carry Approve / Deny: the endpoint is on and can verify a click
+    (signing secret / public key) and allow someone (a non-empty approver list)."""
+    if not settings.interactions_port:
+        return frozenset()
+    platforms = set()
+    if settings.slack_signing_secret and settings.slack_approvers:
+        platforms.add("slack")
+    if settings.discord_public_key and settings.discord_approvers:
+        platforms.add("discord")
+    return frozenset(platforms)
+
+
+def chat_approval_problems(settings: Settings) -> list[str]:
+    """Half-done chat-approval settings, said once at start (no buttons is the safe result)."""
+    problems = []
+    for secret, approvers in (
+        ("slack_signing_secret", "slack_approvers"),
+        ("discord_public_key", "discord_approvers"),
+    ):
+        if not getattr(settings, secret):
+            continue
+        if not getattr(settings, approvers):
+            problems.append(
+                f"{env_name(secret)} is set but {env_name(approvers)} is empty: "
+                "nobody could approve, so no buttons are sent"
+            )
+        elif not settings.interactions_port:
+            problems.append(
+                f"{env_name(secret)} is set but {env_name('interactions_port')} is 0: "
+                "no endpoint to receive clicks, so no buttons are sent"
+            )
+    return problems
+
+
+def build_interactions(
+    settings: Settings,
+    redis: Redis,
+    http: httpx.AsyncClient,
+    redactor: Redactor,
+    clock: Clock,
+    log: Logger,
+) -> Interactions | None:
+    """The click handler for every platform with a secret / key; None without any."""
+    secret, key = settings.slack_signing_secret, settings.discord_public_key
+    if not secret and not key:
+        return None
+    if secret and not secret.get_secret_value().strip():
+        raise ConfigError(f"{env_name('slack_signing_secret')} is blank")
+    return Interactions(
+        redis=redis,
+        http=http,
+        redactor=redactor,
+        log=log,
+        slack=SlackVerifier(secret.get_secret_value(), clock) if secret else None,
+        slack_approvers=frozenset(filter(None, settings.slack_approvers.split(","))),
+        discord=DiscordVerifier(key, clock) if key else None,
+        discord_approvers=frozenset(filter(None, settings.discord_approvers.split(","))),
+        update_timeout_s=settings.alert_channel_timeout_s,
+    )
+
+
 def build_channels(
     settings: Settings, http: httpx.AsyncClient, redactor: Redactor
 ) -> list[Channel]:
@@ -222,10 +338,17 @@ def build_channels(
         failure_limit=settings.alert_channel_failure_limit,
         rest_s=settings.alert_channel_rest_s,
     )
+    buttons = button_platforms(settings)
     channels: list[Channel] = []
     if settings.slack_webhook_url:
         channels.append(
-            SlackChannel(http, settings.slack_webhook_url.get_secret_value(), limits, redactor)
+            SlackChannel(
+                http,
+                settings.slack_webhook_url.get_secret_value(),
+                limits,
+                redactor,
+                buttons="slack" in buttons,
+            )
         )
     if settings.discord_webhook_url:
         channels.append(
@@ -235,6 +358,7 @@ def build_channels(
                 limits,
                 redactor,
                 mention_critical=settings.discord_mention_critical,
+                buttons="discord" in buttons,
             )
         )
     if settings.ntfy_url and settings.ntfy_topic:

@@ -165,19 +165,26 @@ class HttpChannel(Channel):
 class SlackChannel(HttpChannel):
     name = "slack"
 
+    def __init__(self, *args: Any, buttons: bool = False, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.buttons = buttons  # Approve / Deny on approval requests
+
     def payload(self, n: Notification) -> dict[str, Any]:
-        return message.slack(n)
+        return message.slack(n, self.buttons)
 
 
 class DiscordChannel(HttpChannel):
     name = "discord"
 
-    def __init__(self, *args: Any, mention_critical: bool = True, **kw: Any) -> None:
+    def __init__(
+        self, *args: Any, mention_critical: bool = True, buttons: bool = False, **kw: Any
+    ) -> None:
         super().__init__(*args, **kw)
         self.mention_critical = mention_critical
+        self.buttons = buttons  # Approve / Deny on approval requests
 
     def payload(self, n: Notification) -> dict[str, Any]:
-        return message.discord(n, self.mention_critical)
+        return message.discord(n, self.mention_critical, self.buttons)
 
 
 class NtfyChannel(HttpChannel):

@@ -1,5 +1,9 @@
 """What a notification says, rendered from an event (pure): one `Notification`, then one payload
-per channel — Slack Block Kit, Discord embeds, ntfy JSON, plain text for apprise."""
+per channel — Slack Block Kit, Discord embeds, ntfy JSON, plain text for apprise.
+
+An approval request can also carry Approve / Deny buttons (Slack and Discord) whose clicks the
+interactions endpoint (`interactions.py`) verifies; whether to add them is the caller's input,
+true only when that endpoint can verify the click."""
 
 from __future__ import annotations
 
@@ -25,6 +29,9 @@ if TYPE_CHECKING:
 ICON = {Severity.CRITICAL: "🔴", Severity.WARNING: "🟠", Severity.INFO: "🟢"}
 COLOR = {Severity.CRITICAL: 0xE01E5A, Severity.WARNING: 0xECB22E, Severity.INFO: 0x2EB67D}
 NTFY_PRIORITY = {Severity.CRITICAL: 5, Severity.WARNING: 4, Severity.INFO: 3}
+# The buttons' ids (Slack action_id; Discord custom_id is `<id>:<proposal>`).
+APPROVE_ACTION = "hemostat:approve"
+DENY_ACTION = "hemostat:deny"
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,7 @@ class Notification:
     link: str | None = None
     # Seconds within which repeats of `dedup_key` are counted, not sent (None: the setting).
     dedup_window_s: float | None = None
+    proposal_id: str | None = None  # an approval request: what its buttons decide
 
     @property
     def header(self) -> str:
@@ -170,6 +178,7 @@ def render(event: Envelope, dashboard_url: str | None = None) -> Notification:
             ],
             runbook_id=ap.runbook_id,
             commands=[ap.approve_command, ap.deny_command],
+            proposal_id=ap.proposal_id,
         )
     if isinstance(event, EscalationEvent):
         es = event.payload
@@ -257,7 +266,8 @@ def slack_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def slack(n: Notification) -> dict[str, Any]:
+def slack(n: Notification, buttons: bool = False) -> dict[str, Any]:
+    """Block Kit; `buttons` adds Approve / Deny to an approval request (the CLI commands stay)."""
     esc = slack_escape
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": _cut(n.header, 150)}},
@@ -276,6 +286,8 @@ def slack(n: Notification) -> dict[str, Any]:
     if n.commands:
         commands = "\n".join(f"`{esc(c)}`" for c in n.commands)
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": commands}})
+    if buttons and n.proposal_id:
+        blocks.append(_slack_buttons(n))
     context = [f"incident `{esc(n.incident_id)}`" if n.incident_id else "no incident"]
     if n.dry_run:
         context.append("*DRY-RUN*: nothing was changed")
@@ -292,7 +304,44 @@ def slack(n: Notification) -> dict[str, Any]:
     return {"text": _cut(esc(f"{n.header}: {n.summary}"), 3000), "blocks": blocks}
 
 
-def discord(n: Notification, mention_critical: bool) -> dict[str, Any]:
+def _slack_buttons(n: Notification) -> dict[str, Any]:
+    assert n.proposal_id is not None
+
+    def text(value: str) -> dict[str, str]:
+        return {"type": "plain_text", "text": value}
+
+    return {
+        "type": "actions",
+        "block_id": "hemostat-decision",
+        "elements": [
+            {
+                "type": "button",
+                "action_id": APPROVE_ACTION,
+                "text": text("Approve"),
+                "style": "primary",
+                "value": n.proposal_id,
+                # Approving acts on a container: one more click, with what it will do.
+                "confirm": {
+                    "title": text("Approve this action?"),
+                    "text": {"type": "mrkdwn", "text": _cut(slack_escape(n.title), 300)},
+                    "confirm": text("Approve"),
+                    "deny": text("Cancel"),
+                },
+            },
+            {
+                "type": "button",
+                "action_id": DENY_ACTION,
+                "text": text("Deny"),
+                "style": "danger",
+                "value": n.proposal_id,
+            },
+        ],
+    }
+
+
+def discord(n: Notification, mention_critical: bool, buttons: bool = False) -> dict[str, Any]:
+    """Embeds; `buttons` adds Approve / Deny components to an approval request (Discord shows
+    them only when the webhook belongs to the application that receives the clicks)."""
     mention = mention_critical and n.severity is Severity.CRITICAL
     description = n.summary
     if n.commands:
@@ -312,11 +361,32 @@ def discord(n: Notification, mention_critical: bool) -> dict[str, Any]:
     }
     if n.link:
         embed["url"] = n.link
-    return {
+    body: dict[str, Any] = {
         "content": "@here" if mention else "",
         "embeds": [embed],
         "allowed_mentions": {"parse": ["everyone"] if mention else []},
     }
+    if buttons and n.proposal_id:
+        body["components"] = [
+            {
+                "type": 1,  # an action row
+                "components": [
+                    {
+                        "type": 2,  # a button; style 3 green, 4 red
+                        "style": 3,
+                        "label": "Approve",
+                        "custom_id": f"{APPROVE_ACTION}:{n.proposal_id}",
+                    },
+                    {
+                        "type": 2,
+                        "style": 4,
+                        "label": "Deny",
+                        "custom_id": f"{DENY_ACTION}:{n.proposal_id}",
+                    },
+                ],
+            }
+        ]
+    return body
 
 
 def ntfy(n: Notification, topic: str) -> dict[str, Any]:
