@@ -99,6 +99,11 @@ class BaseAgent:
         self._stop = asyncio.Event()
         self._degraded: dict[str, str] = {}
 
+    @property
+    def group(self) -> str:
+        """The consumer group this agent's replicas share (override to split the stream)."""
+        return self.name
+
     # ------------------------------------------------------------------ hooks (override)
 
     async def on_start(self) -> None:
@@ -179,7 +184,7 @@ class BaseAgent:
         if self.consumes:
             self.consumer = self.bus.consumer_from_settings(
                 self.settings,
-                group=self.name,
+                group=self.group,
                 name=self.instance,
                 channels=[str(c) for c in self.consumes],
                 handler=self.handle,

@@ -4,7 +4,8 @@ metrics exporter, the Responder's crash-loop guard):
 - `hemostat:container:<id>`   one hash per container: the latest snapshot (TTL)
 - `hemostat:containers`       sorted set index: container id -> last update (unix seconds)
 - `hemostat:samples:<id>`     stream of recent samples for charts (bounded, TTL)
-- `hemostat:deaths:<id>`      sorted set of unplanned deaths (unix seconds), for crash-loop guards
+- `hemostat:deaths:<host>/<id>`  sorted set of unplanned deaths (unix seconds), for crash-loop
+  guards (per host: the Responder of that host reads it)
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from pydantic import Field
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
+from shared import keys
 from shared.model import Model
 
 SNAPSHOT_PREFIX = "hemostat:container:"
 SNAPSHOT_INDEX = "hemostat:containers"
 SAMPLES_PREFIX = "hemostat:samples:"
-DEATHS_PREFIX = "hemostat:deaths:"
+DEATHS_PREFIX = keys.DEATHS
 SAMPLES_MAXLEN = 240  # two hours at the default 30 s poll
 DEATHS_TTL_S = 86_400
 
@@ -125,17 +127,10 @@ def read_snapshots(redis: SyncRedis, now: float, max_age_s: float) -> list[Conta
     return out
 
 
-async def record_death(redis: Redis, container_id: str, at: float) -> None:
-    key = DEATHS_PREFIX + container_id
+async def record_death(redis: Redis, host: str, container_id: str, at: float) -> None:
+    key = DEATHS_PREFIX + keys.on_host(host, container_id)
     pipe = redis.pipeline(transaction=False)
     pipe.zadd(key, {f"{at:.6f}": at})
     pipe.zremrangebyscore(key, "-inf", at - DEATHS_TTL_S)
     pipe.expire(key, DEATHS_TTL_S)
     await pipe.execute()
-
-
-async def deaths_since(redis: Redis, container_id: str, since: float) -> list[float]:
-    raw: list[Any] = await redis.zrangebyscore(
-        DEATHS_PREFIX + container_id, since, "+inf", withscores=True
-    )
-    return [float(entry[1]) for entry in raw]

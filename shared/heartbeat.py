@@ -67,3 +67,19 @@ def read_heartbeats(redis: SyncRedis, agent: str | None = None) -> list[Heartbea
             except ValueError:
                 continue  # a half-written or foreign key is not a live agent
     return beats
+
+
+async def live_heartbeats(redis: Redis, agent: str | None = None) -> list[Heartbeat]:
+    """`read_heartbeats` for an agent's event loop."""
+    pattern = f"{HEARTBEAT_PREFIX}{agent}:*" if agent else f"{HEARTBEAT_PREFIX}*"
+    keys = sorted([k async for k in redis.scan_iter(match=pattern, count=200)])
+    if not keys:
+        return []
+    beats = []
+    for raw in await redis.mget(keys):
+        if raw:
+            try:
+                beats.append(Heartbeat.model_validate(json.loads(raw)))
+            except ValueError:
+                continue
+    return beats

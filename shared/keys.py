@@ -18,10 +18,13 @@ __all__ = [
     "DEATHS",
     "DEFERRED",
     "GUARD",
+    "HOSTS",
     "INTERACTION_SEEN",
     "LEASE",
     "MONITOR_CURSOR",
     "MONITOR_SENT",
+    "ORPHANS",
+    "ORPHAN_DATA",
     "PROPOSAL",
     "PROPOSALS",
     "PROPOSALS_BY_INCIDENT",
@@ -30,12 +33,18 @@ __all__ = [
     "REQUEST",
     "RESTARTS",
     "VERIFY_DUE",
+    "on_host",
 ]
 
 # ---- Responder: one record per request (idempotency), scheduled verifications, guard state
 REQUEST = "hemostat:responder:req:"  # hash: phase, claim, outcome, verification plan
-VERIFY_DUE = "hemostat:responder:verify"  # zset: request record key -> next check (unix s)
-DEFERRED = "hemostat:responder:deferred"  # zset: request record key -> when to decide again
+# Per host: only that host's Responders look at its containers.
+VERIFY_DUE = "hemostat:responder:verify:"  # zset per host: request record key -> next check
+DEFERRED = "hemostat:responder:deferred:"  # zset per host: request record key -> decide again
+ORPHANS = "hemostat:responder:orphans"  # zset: request record key -> when to check it was taken
+ORPHAN_DATA = "hemostat:responder:orphans:data"  # hash: request record key -> the request
+# Guard state per container on a host (`on_host()`): the same name, or even the same id, on two
+# hosts never shares a lease, a cooldown or a breaker.
 LEASE = "hemostat:lease:"  # string: the token of who acts on a container (SET NX PX)
 GUARD = "hemostat:guard:"  # hash per container: cooldown_until:<type>, failures:<type>, ...
 ACTIONS = "hemostat:actions:"  # zset per container: executed actions (circuit breaker)
@@ -67,3 +76,11 @@ ALERT_OUTBOX_LEASED = "hemostat:alert:outbox:leased"  # zset: item being sent ->
 
 # ---- Alert: chat approvals
 INTERACTION_SEEN = "hemostat:interactions:seen:"  # string per signature: a replay is refused
+
+# ---- Fleet
+HOSTS = "hemostat:hosts"  # hash: host -> JSON (watched state, since, last seen, agents)
+
+
+def on_host(host: str, container_id: str) -> str:
+    """The key part for a container on a host (guards, leases, deaths)."""
+    return f"{host}/{container_id}"

@@ -344,6 +344,12 @@ class ResponderSettings(_Section):
     responder_sweep_interval_s: float = Field(
         default=5.0, gt=0, description="How often approved and executing proposals are checked."
     )
+    responder_orphan_deadline_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="Fleet: a request for a host with no live Responder is finished as failed "
+        "(and people are told) this long after it was made.",
+    )
     responder_approval_execution_deadline_s: float = Field(
         default=300.0,
         gt=0,

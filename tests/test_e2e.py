@@ -305,7 +305,7 @@ def test_7_a_responder_killed_mid_stream_loses_nothing_and_repeats_nothing(
     assert {c.id: restarts(docker, c.id, since) for c in made} == dict.fromkeys(ids, 1)
     requests = Counter(o.payload.request_id for i in ids for o in outcomes(r, i))
     assert set(requests.values()) == {1}, "one outcome per request"
-    assert r.xpending(Channel.REMEDIATION_NEEDED, "responder")["pending"] == 0
+    assert r.xpending(Channel.REMEDIATION_NEEDED, "responder:e2e-host")["pending"] == 0
 
 
 def test_the_agent_image_runs_as_non_root_and_carries_no_secrets(docker):

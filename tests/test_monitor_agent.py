@@ -127,7 +127,7 @@ async def test_each_failure_mode_gives_its_alert_and_a_healthy_container_none(
         assert any("fatal" in line for line in crash_alert.payload.log_tail)
         assert CANARY not in crash_alert.model_dump_json(), "secret in logs must be redacted"
         assert crash_alert.payload.labels == run_label
-        assert (await redis.zcard(DEATHS_PREFIX + crash.id)) == 1
+        assert (await redis.zcard(DEATHS_PREFIX + "test-host/" + crash.id)) == 1
 
         oom_alert = next(
             a for a in await alerts_for(redis, oom.id) if a.payload.kind is AlertKind.OOM_KILLED

@@ -34,6 +34,7 @@ def responder_process(redis_url, runbooks_dir, instance, **env):
             "HEMOSTAT_DRY_RUN": "false",
             "HEMOSTAT_RUNBOOKS_DIR": str(runbooks_dir),
             "HEMOSTAT_INSTANCE": instance,
+            "HEMOSTAT_HOST_NAME": "test-host",  # the host the test requests name
             "HEMOSTAT_BUS_BLOCK_MS": "100",
             "HEMOSTAT_HEARTBEAT_INTERVAL_S": "0.2",
             "HEMOSTAT_RESPONDER_VERIFY_STABLE_S": "0.5",
@@ -158,7 +159,7 @@ async def test_a_replica_killed_mid_action_leaves_no_stuck_lease_and_another_fin
         await wait_until(lambda: restart_events(docker, container.id, since) == 1, timeout=20)
         doomed.send_signal(signal.SIGKILL)  # mid-verification: no cleanup, no ack
         doomed.wait(10)
-        assert await redis.exists(keys.LEASE + container.id), (
+        assert await redis.exists(keys.LEASE + keys.on_host("test-host", container.id)), (
             "the dead replica's lease is still there..."
         )
         survivor = responder_process(redis_url, tmp_path / "runbooks", "survivor", **fast_reclaim)
@@ -172,7 +173,9 @@ async def test_a_replica_killed_mid_action_leaves_no_stuck_lease_and_another_fin
     assert done.payload.status is RemediationStatus.SUCCEEDED, done.payload.reason
     assert done.payload.verified is True
     assert restart_events(docker, container.id, since) == 1, "the action was not issued twice"
-    assert not await redis.exists(keys.LEASE + container.id), "...but it does not stay stuck"
+    assert not await redis.exists(keys.LEASE + keys.on_host("test-host", container.id)), (
+        "...but it does not stay stuck"
+    )
     await asyncio.sleep(0)
 
 

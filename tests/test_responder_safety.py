@@ -43,7 +43,7 @@ async def test_idempotency_acts_once_on_a_redelivered_request(
         twin = request(rbs, c, "restart", key="same-request")  # redelivered / duplicated
         entry = await Bus(redis).publish(twin)
         await wait_until(
-            lambda: acknowledged(redis, Channel.REMEDIATION_NEEDED, "responder", entry),
+            lambda: acknowledged(redis, Channel.REMEDIATION_NEEDED, "responder:test-host", entry),
             what="the Responder finished with the duplicate",
         )
     assert restart_events(docker, c.id, since) == 1
@@ -109,7 +109,7 @@ async def test_lease_held_by_another_replica_holds_then_lets_through(
     folder, rbs = runbooks
     c = sleeper(**OPT_IN)
     since = time.time()
-    await redis.set(keys.LEASE + c.id, "responder:other:abcd", px=60_000)
+    await redis.set(keys.LEASE + keys.on_host("test-host", c.id), "responder:other:abcd", px=60_000)
     async with running_responder(redis, redis_url, folder):
         blocked = request(rbs, c, "restart")
         await Bus(redis).publish(blocked)
@@ -121,11 +121,13 @@ async def test_lease_held_by_another_replica_holds_then_lets_through(
         await wait_until(deferred, what="the request waits for the other action")
         assert restart_events(docker, c.id, since) == 0
         assert await completions(redis, blocked.id) == []
-        await redis.delete(keys.LEASE + c.id)  # the other action is over
+        await redis.delete(keys.LEASE + keys.on_host("test-host", c.id))  # the other action is over
         done = await outcome(redis, blocked.id)
         assert done.payload.status is RemediationStatus.SUCCEEDED
     assert restart_events(docker, c.id, since) == 1
-    assert not await redis.exists(keys.LEASE + c.id), "the lease was released"
+    assert not await redis.exists(keys.LEASE + keys.on_host("test-host", c.id)), (
+        "the lease was released"
+    )
 
 
 async def test_cooldown_holds_then_lets_through_and_backs_off_after_failures(
@@ -151,7 +153,7 @@ async def test_cooldown_holds_then_lets_through_and_backs_off_after_failures(
         fail = request(rbs, broken, "exec-fail", emitted_at=clock.time())
         await Bus(redis).publish(fail)
         assert (await outcome(redis, fail.id)).payload.status is RemediationStatus.FAILED
-        state = await redis.hgetall(keys.GUARD + broken.id)
+        state = await redis.hgetall(keys.GUARD + keys.on_host("test-host", broken.id))
         assert state["failures:exec"] == "1"
         clock.advance(2.5)  # past the base cooldown, not past the doubled one
         retry = request(rbs, broken, "exec-fail", emitted_at=clock.time())
@@ -199,8 +201,11 @@ async def test_crash_loop_guard_stops_restarting_and_escalates(
     now = time.time()
     for container, gap in ((looping, 5), (fine, 500)):
         for n, restarted in enumerate((now - 1200, now - 600)):
-            await redis.zadd(keys.RESTARTS + container.id, {f"r{n}": restarted})
-            await record_death(redis, container.id, restarted + gap)  # died 5 s (or 500 s) later
+            await redis.zadd(
+                keys.RESTARTS + keys.on_host("test-host", container.id), {f"r{n}": restarted}
+            )
+            # died 5 s (or 500 s) later
+            await record_death(redis, "test-host", container.id, restarted + gap)
     async with running_responder(redis, redis_url, folder):
         loop_req, fine_req = request(rbs, looping, "restart"), request(rbs, fine, "restart")
         await Bus(redis).publish_many([loop_req, fine_req])
@@ -229,7 +234,9 @@ async def test_dry_run_changes_nothing_and_blocks_nothing(
     assert done.payload.status is RemediationStatus.DRY_RUN
     assert done.payload.dry_run is True
     assert restart_events(docker, c.id, since) == 0
-    assert not await redis.exists(keys.GUARD + c.id), "no cooldown from a dry run"
+    assert not await redis.exists(keys.GUARD + keys.on_host("test-host", c.id)), (
+        "no cooldown from a dry run"
+    )
     async with running_responder(redis, redis_url, folder, dry_run=False):
         real = request(rbs, c, "restart")
         await Bus(redis).publish(real)
@@ -348,7 +355,9 @@ async def test_guards_are_checked_again_right_before_an_approved_action(
         await Bus(redis).publish(req)
         proposal_id = (await outcome(redis, req.id, status="pending_approval")).payload.proposal_id
         # Meanwhile something else restarted it: the cooldown must still hold after approval.
-        await redis.hset(keys.GUARD + c.id, "cooldown_until:restart", time.time() + 60)
+        await redis.hset(
+            keys.GUARD + keys.on_host("test-host", c.id), "cooldown_until:restart", time.time() + 60
+        )
         await decide(redis, proposal_id, Decision.APPROVED, "alice")
         done = await outcome(redis, req.id, status="rejected")
     assert done.payload.guard == "cooldown"

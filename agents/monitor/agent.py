@@ -202,7 +202,7 @@ class MonitorAgent(BaseAgent):
         track = self.tracker.tracks.get(container_id)
         if action == "die" and track is not None and track.deaths and track.deaths[-1] == at:
             try:
-                await record_death(self.redis, container_id, at)
+                await record_death(self.redis, self.settings.host_name, container_id, at)
             except CONNECTION_ERRORS as exc:
                 self.log.warning("monitor.death_not_recorded", error=str(exc))
         await self.publisher.emit_all(drafts)

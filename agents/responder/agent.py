@@ -40,7 +40,7 @@ from agents.responder.core import (
 from agents.responder.executor import Executor, Prepared
 from agents.responder.fatigue import Answer, FatigueStore
 from agents.responder.store import GateRefused, RequestStore, ResponderState
-from shared import audit, keys
+from shared import audit
 from shared.actions import Action, ActionType
 from shared.approvals import ApprovalStore, Proposal, ProposalState
 from shared.backoff import backoff_delay
@@ -67,6 +67,7 @@ from shared.events import (
     make_event,
     parse_event,
 )
+from shared.heartbeat import live_heartbeats
 from shared.redaction import Redactor
 from shared.redis_client import CONNECTION_ERRORS
 from shared.runbooks import Runbooks, load_runbooks
@@ -140,13 +141,27 @@ class ResponderAgent(BaseAgent):
         self.redactor = redactor or Redactor(s.secret_values())
         self.own_id = own_id
         self.executor = Executor(docker, self.redactor, output_limit=s.responder_exec_output_limit)
-        self.requests = RequestStore(self.redis)
-        self.state = ResponderState(self.redis, s.responder_lease_ttl_s)
+        self.host = s.host_name
+        self.requests = RequestStore(self.redis, self.host)
+        self.state = ResponderState(self.redis, s.responder_lease_ttl_s, self.host)
         self.approvals = ApprovalStore(self.redis)
         self.fatigue = FatigueStore(self.redis, self.approvals)
         self.actor = f"responder:{self.instance}"
         self.counts: dict[str, int] = {}
         self._issuing: set[asyncio.Task[None]] = set()
+
+    @property
+    def group(self) -> str:
+        # One group per host: every host's Responders read every request, and act only on
+        # their own host's (see docs/architecture.md, "Fleet").
+        return f"responder:{self.host}"
+
+    async def on_start(self) -> None:
+        # A new group starts where a request could still be acted on: an older one would only
+        # be reported stale, and a host joining a fleet must not replay its history.
+        start = f"{int((self.clock.time() - self.limits.max_request_age_s) * 1000)}-0"
+        for channel in self.consumes:
+            await self.bus.create_group(str(channel), self.group, start)
 
     def partition_key(self, event: Event) -> str | None:
         if isinstance(event, RemediationNeededEvent):
@@ -155,6 +170,7 @@ class ResponderAgent(BaseAgent):
 
     def health_details(self) -> dict[str, Any]:
         return super().health_details() | {
+            "host": self.host,
             "dry_run": self.limits.dry_run,
             "scope": self.limits.scope.value,
             "outcomes": dict(self.counts),
@@ -174,6 +190,10 @@ class ResponderAgent(BaseAgent):
     # ------------------------------------------------------------------ entry points
 
     async def handle(self, event: Event) -> None:
+        if event.subject.host != self.host:
+            if isinstance(event, RemediationNeededEvent):
+                await self._watch_orphan(event)
+            return  # another host's Responders act on it
         if isinstance(event, RemediationNeededEvent):
             await self._on_request(event)
         elif isinstance(event, ApprovalDecisionEvent):
@@ -204,7 +224,62 @@ class ResponderAgent(BaseAgent):
                 action=request.payload.action,
             )
 
+    # ------------------------------------------------------------------ other hosts
+
+    async def _watch_orphan(self, request: RemediationNeededEvent) -> None:
+        """Another host's request: checked at a deadline, in case no Responder of it takes it."""
+        age = self.clock.time() - request.emitted_at.timestamp()
+        if age > self.limits.max_request_age_s:
+            return  # its host would only report it stale
+        due = self.clock.time() + self.settings.responder_orphan_deadline_s
+        await self.requests.watch_orphan(
+            RequestStore.key(request.idempotency_key), request.model_dump_json(), due
+        )
+
+    @periodic(lambda self: min(5.0, self.settings.responder_orphan_deadline_s / 4))
+    async def sweep_orphans(self) -> None:
+        """A request whose host has no live Responder is finished as failed, and people are
+        told, instead of waiting forever."""
+        now = self.clock.time()
+        due = await self.requests.due_orphans(now, now + 30.0)
+        if not due:
+            return
+        alive = await self._responder_hosts()
+        for record_key, raw in due:
+            request = parse_event(raw)
+            assert isinstance(request, RemediationNeededEvent)
+            host = request.subject.host
+            age = now - request.emitted_at.timestamp()
+            if host in alive and age <= self.limits.max_request_age_s:
+                # Alive, and it has time: its Responders take it (or report it stale).
+                await self.requests.watch_orphan(
+                    record_key, raw, now + self.settings.responder_orphan_deadline_s, again=True
+                )
+                continue
+            holder = self.state.new_token(f"{self.instance}:orphan")
+            claim = await self.requests.claim(record_key, "orphan", holder, now)
+            if claim.status is ClaimStatus.NEW:
+                why = "has no live Responder" if host not in alive else "did not take it"
+                work = Work(request, self.actor, record_key, holder, causation_id=request.id)
+                await self._finish(
+                    work,
+                    Verdict(kind=VerdictKind.REJECT),
+                    RemediationStatus.FAILED,
+                    guard="host",
+                    reason=f"host {host} {why} within {age:.0f}s of the request; nothing "
+                    f"was done — is HemoStat running there? (`hemostat status` lists hosts)",
+                    action=request.payload.action,
+                )
+                self.log.warning("responder.orphan_failed", host=host, request=request.id)
+            await self.requests.forget_orphan(record_key)
+
+    async def _responder_hosts(self) -> set[str]:
+        beats = await live_heartbeats(self.redis, "responder")
+        now = self.clock.now()
+        return {b.host for b in beats if b.is_fresh(now)}
+
     async def _on_decision(self, event: ApprovalDecisionEvent) -> None:
+        # (Its subject is the request's: only this host's Responders get here.)
         decision = event.payload
         proposal = await self.approvals.get(decision.proposal_id)
         if proposal is None:
@@ -275,7 +350,11 @@ class ResponderAgent(BaseAgent):
                     target=target,
                     guard=guard,
                     fatigue=await self.fatigue.read(
-                        info.id, p.action.id, request.incident_id or "-", request.idempotency_key
+                        self.host,
+                        info.id,
+                        p.action.id,
+                        request.incident_id or "-",
+                        request.idempotency_key,
                     ),
                     runbook_version=runbook.version if runbook else None,
                     approved_binding=_binding(work.proposal) if approved else None,
@@ -547,7 +626,7 @@ class ResponderAgent(BaseAgent):
         due = await self.requests.due(now, hold, limit=128)
         if due:
             await asyncio.gather(*(self._verify(key) for key in due))
-        deferred = await self.requests.due(now, hold, limit=64, queue=keys.DEFERRED)
+        deferred = await self.requests.due(now, hold, limit=64, deferred=True)
         for key in deferred:
             try:
                 await self._redecide(key)
@@ -645,7 +724,7 @@ class ResponderAgent(BaseAgent):
             request, action.approval.timeout_s, why, binding=bound.model_dump_json()
         )
         if target_id:
-            await self.fatigue.proposed(target_id, action.id, proposal.id)
+            await self.fatigue.proposed(self.host, target_id, action.id, proposal.id)
         work.proposal = proposal
         ask = make_event(
             ApprovalRequestEvent,
@@ -778,6 +857,7 @@ class ResponderAgent(BaseAgent):
     async def _answered(self, proposal: Proposal, answer: Answer, actor: str) -> int:
         bound = _binding(proposal)
         return await self.fatigue.answered(
+            proposal.request_event().subject.host,
             (bound.target_id if bound else None) or proposal.container_id,
             proposal.action_id,
             proposal.id,
@@ -873,10 +953,14 @@ class ResponderAgent(BaseAgent):
                     f"{deadline_s:.0f}s (no Responder could run it); nothing was done",
                     require_holder=False,
                 )
-            elif now - decided > min(10.0, deadline_s / 2):
+            elif now - decided > min(10.0, deadline_s / 2) and self._ours(proposal):
                 await self._run_proposal(proposal, proposal.decided_by, None)
         for proposal in await self.approvals.in_state(ProposalState.EXECUTING):
-            await self._sweep_executing(proposal, now, deadline_s)
+            if self._ours(proposal):  # its verification is in its own host's queue
+                await self._sweep_executing(proposal, now, deadline_s)
+
+    def _ours(self, proposal: Proposal) -> bool:
+        return proposal.request_event().subject.host == self.host
 
     async def _sweep_executing(self, proposal: Proposal, now: float, deadline_s: float) -> None:
         record_key = RequestStore.key(f"proposal:{proposal.id}")

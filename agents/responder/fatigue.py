@@ -1,7 +1,7 @@
 """What people already answered about proposals, per (container, action): the facts behind the
 approval fatigue rules (`core.fatigue()`).
 
-`hemostat:approval:fatigue:<container>:<action>` is one hash:
+`hemostat:approval:fatigue:<host>/<container>:<action>` is one hash:
 
 - `pending`               the proposal still waiting for an answer (one question at a time)
 - `last_unanswered_at`    when the last proposal expired unanswered or was denied (any incident)
@@ -65,14 +65,14 @@ class FatigueStore:
         self._close = redis.register_script(_CLOSE)
 
     @staticmethod
-    def key(container: str, action_id: str) -> str:
-        return f"{keys.APPROVAL_FATIGUE}{container}:{action_id}"
+    def key(host: str, container: str, action_id: str) -> str:
+        return f"{keys.APPROVAL_FATIGUE}{keys.on_host(host, container)}:{action_id}"
 
     async def read(
-        self, container: str, action_id: str, incident: str, request_key: str
+        self, host: str, container: str, action_id: str, incident: str, request_key: str
     ) -> FatigueFacts:
         """The facts for a request (`request_key`: its idempotency key)."""
-        data: dict[Any, Any] = await self.redis.hgetall(self.key(container, action_id))
+        data: dict[Any, Any] = await self.redis.hgetall(self.key(host, container, action_id))
         pending = data.get("pending") or None
         if pending:
             # Trust the proposal, not the note: a crash between closing it and this hash.
@@ -89,8 +89,8 @@ class FatigueStore:
             last_unanswered_at=float(last) if last else None,
         )
 
-    async def proposed(self, container: str, action_id: str, proposal_id: str) -> None:
-        key = self.key(container, action_id)
+    async def proposed(self, host: str, container: str, action_id: str, proposal_id: str) -> None:
+        key = self.key(host, container, action_id)
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(key, "pending", proposal_id)
         pipe.expire(key, TTL_S)
@@ -98,6 +98,7 @@ class FatigueStore:
 
     async def answered(
         self,
+        host: str,
         container: str,
         action_id: str,
         proposal_id: str,
@@ -110,7 +111,7 @@ class FatigueStore:
         """Record how the proposal ended; returns its incident's expiries so far (each counted
         once however often this is called)."""
         result = await self._close(
-            keys=[self.key(container, action_id)],
+            keys=[self.key(host, container, action_id)],
             args=[proposal_id, answer.value, incident, actor[:200], f"{now:.3f}", TTL_S],
         )
         return int(result)

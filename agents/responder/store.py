@@ -9,7 +9,11 @@ script; everything else is a plain read. Keys are in `shared.keys`.
   flight and needs no renewal then;
 - **guard state** per container as values compared with `now` (cooldown_until, failures,
   escalated_until) plus the action, restart and death histories;
-- **scheduled verifications** (`VERIFY_DUE`): a sorted set any replica's loop claims from.
+- **scheduled verifications** (`VERIFY_DUE<host>`): a sorted set any replica of the host claims
+  from.
+
+Guard keys and queues belong to one host (`HEMOSTAT_HOST_NAME`): in a fleet, a container on
+another host is never looked at, and the same container name on two hosts shares nothing.
 """
 
 from __future__ import annotations
@@ -168,8 +172,13 @@ class StoredRequest:
 
 
 class RequestStore:
-    def __init__(self, redis: Redis) -> None:
+    """Request records (any host's, keyed by idempotency key) and this host's queues."""
+
+    def __init__(self, redis: Redis, host: str) -> None:
         self.redis = redis
+        self.host = host
+        self.verify_key = keys.VERIFY_DUE + host
+        self.deferred_key = keys.DEFERRED + host
         self._claim = redis.register_script(_CLAIM)
         self._gate = redis.register_script(_GATE)
         self._finish = redis.register_script(_FINISH)
@@ -207,11 +216,11 @@ class RequestStore:
         result = await self._gate(
             keys=[
                 record_key,
-                keys.LEASE + container_id,
-                keys.VERIFY_DUE,
-                keys.ACTIONS + container_id,
-                keys.RESTARTS + container_id,
-                keys.GUARD + container_id,
+                keys.LEASE + self._on(container_id),
+                self.verify_key,
+                keys.ACTIONS + self._on(container_id),
+                keys.RESTARTS + self._on(container_id),
+                keys.GUARD + self._on(container_id),
             ],
             args=[
                 holder,
@@ -258,50 +267,91 @@ class RequestStore:
             HISTORY_TTL_S,
         ]
         result = await self._finish(
-            keys=[record_key, keys.LEASE + container, keys.VERIFY_DUE, keys.GUARD + container],
+            keys=[
+                record_key,
+                keys.LEASE + self._on(container),
+                self.verify_key,
+                keys.GUARD + self._on(container),
+            ],
             args=args,
         )
         return str(result)
 
+    def _on(self, container_id: str) -> str:
+        return keys.on_host(self.host, container_id)
+
     async def due(
-        self, now: float, hold_until: float, limit: int, queue: str = keys.VERIFY_DUE
+        self, now: float, hold_until: float, limit: int, *, deferred: bool = False
     ) -> list[str]:
-        """Items of `queue` due now (verifications, or deferred requests); each is held until
+        """This host's verifications (or deferred requests) due now; each is held until
         `hold_until` so one replica takes it."""
+        queue = self.deferred_key if deferred else self.verify_key
         members: list[Any] = await self._due(
             keys=[queue], args=[f"{now:.6f}", f"{hold_until:.6f}", limit]
         )
         return [str(m) for m in members]
 
+    async def watch_orphan(
+        self, record_key: str, request_json: str, due: float, *, again: bool = False
+    ) -> None:
+        """Check at `due` that another host's request was taken (the first watcher sets the
+        time; `again` moves it)."""
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zadd(keys.ORPHANS, {record_key: due}, nx=not again)
+        pipe.hsetnx(keys.ORPHAN_DATA, record_key, request_json)
+        await pipe.execute()
+
+    async def due_orphans(self, now: float, hold_until: float) -> list[tuple[str, str]]:
+        """Watched requests due now (held until `hold_until` so one replica looks at each)."""
+        members = await self._due(keys=[keys.ORPHANS], args=[f"{now:.6f}", f"{hold_until:.6f}", 64])
+        out = []
+        for member in members:
+            raw = await self.redis.hget(keys.ORPHAN_DATA, member)
+            if raw:
+                out.append((str(member), str(raw)))
+            else:
+                await self.redis.zrem(keys.ORPHANS, member)
+        return out
+
+    async def forget_orphan(self, record_key: str) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zrem(keys.ORPHANS, record_key)
+        pipe.hdel(keys.ORPHAN_DATA, record_key)
+        await pipe.execute()
+
     async def defer(self, record_key: str, context: dict[str, Any], until: float) -> None:
         """Keep a request (still `received`) to decide again at `until`."""
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(record_key, mapping={"deferred": json.dumps(context)})
-        pipe.zadd(keys.DEFERRED, {record_key: until})
+        pipe.zadd(self.deferred_key, {record_key: until})
         await pipe.execute()
 
     async def undefer(self, record_key: str) -> None:
-        await self.redis.zrem(keys.DEFERRED, record_key)
+        await self.redis.zrem(self.deferred_key, record_key)
 
     async def schedule(self, record_key: str, at: float) -> None:
-        await self.redis.zadd(keys.VERIFY_DUE, {record_key: at})
+        await self.redis.zadd(self.verify_key, {record_key: at})
 
     async def unschedule(self, record_key: str) -> None:
-        await self.redis.zrem(keys.VERIFY_DUE, record_key)
+        await self.redis.zrem(self.verify_key, record_key)
 
     async def is_scheduled(self, record_key: str) -> bool:
-        return await self.redis.zscore(keys.VERIFY_DUE, record_key) is not None
+        return await self.redis.zscore(self.verify_key, record_key) is not None
 
 
 class ResponderState:
-    """Leases and guard state per container."""
+    """Leases and guard state per container on this host."""
 
-    def __init__(self, redis: Redis, lease_ttl_s: float) -> None:
+    def __init__(self, redis: Redis, lease_ttl_s: float, host: str) -> None:
         self.redis = redis
+        self.host = host
         self.lease_ttl_ms = int(lease_ttl_s * 1000)
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
         self._escalate = redis.register_script(_ESCALATE_ONCE)
+
+    def _on(self, container_id: str) -> str:
+        return keys.on_host(self.host, container_id)
 
     @staticmethod
     def new_token(owner: str) -> str:
@@ -309,14 +359,16 @@ class ResponderState:
 
     async def acquire(self, container_id: str, token: str) -> bool:
         return bool(
-            await self.redis.set(keys.LEASE + container_id, token, nx=True, px=self.lease_ttl_ms)
+            await self.redis.set(
+                keys.LEASE + self._on(container_id), token, nx=True, px=self.lease_ttl_ms
+            )
         )
 
     async def release(self, container_id: str, token: str) -> None:
-        await self._release(keys=[keys.LEASE + container_id], args=[token])
+        await self._release(keys=[keys.LEASE + self._on(container_id)], args=[token])
 
     async def lease_holder(self, container_id: str) -> str | None:
-        value = await self.redis.get(keys.LEASE + container_id)
+        value = await self.redis.get(keys.LEASE + self._on(container_id))
         return str(value) if value else None
 
     @contextlib.asynccontextmanager
@@ -338,11 +390,11 @@ class ResponderState:
         self, container_id: str, action_type: str, since: float, lease_acquired: bool
     ) -> GuardFacts:
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hgetall(keys.GUARD + container_id)
-        pipe.zrangebyscore(keys.ACTIONS + container_id, since, "+inf", withscores=True)
-        pipe.zrangebyscore(keys.RESTARTS + container_id, since, "+inf", withscores=True)
-        pipe.zrangebyscore(keys.DEATHS + container_id, since, "+inf", withscores=True)
-        pipe.get(keys.LEASE + container_id)
+        pipe.hgetall(keys.GUARD + self._on(container_id))
+        pipe.zrangebyscore(keys.ACTIONS + self._on(container_id), since, "+inf", withscores=True)
+        pipe.zrangebyscore(keys.RESTARTS + self._on(container_id), since, "+inf", withscores=True)
+        pipe.zrangebyscore(keys.DEATHS + self._on(container_id), since, "+inf", withscores=True)
+        pipe.get(keys.LEASE + self._on(container_id))
         guard, actions, restarts, deaths, holder = await pipe.execute()
         guard = {str(k): str(v) for k, v in (guard or {}).items()}
         escalated = {
@@ -362,7 +414,7 @@ class ResponderState:
         )
 
     async def failures(self, container_id: str, action_type: str) -> int:
-        raw = await self.redis.hget(keys.GUARD + container_id, f"failures:{action_type}")
+        raw = await self.redis.hget(keys.GUARD + self._on(container_id), f"failures:{action_type}")
         return int(raw or 0)
 
     async def claim_escalation(
@@ -370,7 +422,7 @@ class ResponderState:
     ) -> bool:
         """True for exactly one replica per container, guard and window."""
         won = await self._escalate(
-            keys=[keys.GUARD + container_id],
+            keys=[keys.GUARD + self._on(container_id)],
             args=[f"escalated_until:{guard}", f"{now:.6f}", f"{until:.6f}"],
         )
         return bool(won)
@@ -394,7 +446,7 @@ class LeaseKeeper:
             await asyncio.sleep(interval)
             try:
                 renewed = await self.state._renew(
-                    keys=[keys.LEASE + self.container_id],
+                    keys=[keys.LEASE + self.state._on(self.container_id)],
                     args=[self.token, self.state.lease_ttl_ms],
                 )
             except CONNECTION_ERRORS as exc:
