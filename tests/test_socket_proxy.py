@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from agents.monitor.event_stream import as_since
-from agents.socket_proxy import Mode, ProxyConfig, build_policy
+from agents.socket_proxy import Mode, ProxyConfig, build_policy, check
 from agents.socket_proxy.bodies import CLONE_OF, MASK, mask_env
 from agents.socket_proxy.wire import Framing, ResponseHead, parse_request_head, read_body
 from shared.bus import Bus
@@ -398,6 +398,11 @@ CASES = [
     Case("start v1.23", _req("POST", "/v1.23/containers/{created}/start"), 403, "api-version"),
     Case("start v1.x", _req("POST", "/v1.x/containers/{created}/start"), 403, "api-version"),
     Case(
+        "start v1.23 with a HostConfig binding /",
+        _req("POST", "/v1.23/containers/{created}/start", _j({"Binds": ["/:/host"]})), 403,
+        "api-version",
+    ),
+    Case(
         "start with a HostConfig body",
         _req("POST", START, _j({"Binds": ["/:/host"], "Privileged": True})), 403,
         "containers.start",
@@ -607,6 +612,9 @@ def test_docker_unreachable_is_a_502(proxies, tmp_path):
     answer = exchange(proxy.port, request("GET", "/_ping"))
     assert answer.status == 502
     assert b"Docker failed" in answer.body
+    ok, detail = check(f"127.0.0.1:{proxy.port}")
+    assert not ok and "502" in detail, "the health check covers Docker behind the proxy"
+    assert check(f"127.0.0.1:{proxies('read').port}")[0]
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
