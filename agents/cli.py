@@ -22,7 +22,7 @@ def _cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
 
 def _cmd_socket_proxy(args: argparse.Namespace, settings: Settings) -> int:
     """Serve the Docker socket proxy, or (--check) probe one as a container health check."""
-    from agents.socket_proxy import ProxyConfig, SocketProxy, check
+    from agents.socket_proxy import Mode, ProxyConfig, SocketProxy, check
 
     if args.check:
         ok, detail = check(args.check)
@@ -36,7 +36,7 @@ def _cmd_socket_proxy(args: argparse.Namespace, settings: Settings) -> int:
     config = ProxyConfig(
         listen=args.listen,
         socket_path=args.socket,
-        mode=args.mode,
+        mode=Mode(args.mode),
         allow_exec=args.allow_exec,
         allow_scale=args.allow_scale,
         allow_volume_removal=args.allow_volume_removal,

@@ -177,11 +177,14 @@ def _norm(value: Any) -> Any:
 
 
 # What a clone may not gain (nor lose) relative to its source: every HostConfig field that
-# reaches the host, another container's namespaces or volumes, or a wider attack surface.
+# reaches the host, another container's namespaces or volumes, sends its output elsewhere, or
+# widens its attack surface.
 PRIVILEGED_HOST_FIELDS = (
     "Binds",
     "Mounts",
     "VolumesFrom",
+    "VolumeDriver",
+    "LogConfig",
     "Privileged",
     "CapAdd",
     "Devices",

@@ -71,6 +71,7 @@ class ProxyConfig:
     answer_limit: int = 16 * 1024 * 1024  # an inspection buffered to be masked
     request_timeout_s: float = 10.0
     connect_timeout_s: float = 5.0
+    lookup_timeout_s: float = 30.0  # the proxy's own reads for a clone or a scale
     write_timeout_s: float = 60.0
     max_connections: int = 256
     grace_s: float = 2.0  # on stop, for calls under way (streams are cut after it)
@@ -91,12 +92,14 @@ class _Engine:
         self.proxy = proxy
 
     async def get_json(self, path: str) -> tuple[int, Any]:
+        config = self.proxy.config
         reader, writer = await self.proxy._connect()
         try:
-            writer.write(render_request("GET", path, [], None))
-            await writer.drain()
-            head = parse_response_head(await reader.readuntil(b"\r\n\r\n"), "GET")
-            raw = await read_body(reader, head, self.proxy.config.answer_limit)
+            async with asyncio.timeout(config.lookup_timeout_s):  # no client waits on this
+                writer.write(render_request("GET", path, [], None))
+                await writer.drain()
+                head = parse_response_head(await reader.readuntil(b"\r\n\r\n"), "GET")
+                raw = await read_body(reader, head, config.answer_limit)
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
             raise DockerUnavailable(f"GET {path}: {exc!r}") from exc
         finally:
