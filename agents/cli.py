@@ -21,6 +21,30 @@ def _cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
     return run_agent(load_factory(args.name), settings)
 
 
+def _cmd_socket_proxy(args: argparse.Namespace, settings: Settings) -> int:
+    """Serve the Docker socket proxy, or (--check) probe one as a container health check."""
+    from agents.socket_proxy import Mode, ProxyConfig, SocketProxy, check
+
+    if args.check:
+        ok, detail = check(args.check)
+        print(detail, file=sys.stdout if ok else sys.stderr)
+        return 0 if ok else 1
+    if args.mode is None:
+        print("hemostat socket-proxy: --mode read|act is required", file=sys.stderr)
+        return 2
+    from agents.runner import run_service
+
+    config = ProxyConfig(
+        listen=args.listen,
+        socket_path=args.socket,
+        mode=Mode(args.mode),
+        allow_exec=args.allow_exec,
+        allow_scale=args.allow_scale,
+        allow_volume_removal=args.allow_volume_removal,
+    )
+    return run_service(SocketProxy(config), settings)
+
+
 def _cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from agents.runner import setup_logging
     from agents.supervisor import run
@@ -306,6 +330,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     user.add_argument("name")
     user.set_defaults(func=_cmd_dashboard_user)
+
+    proxy = sub.add_parser(
+        "socket-proxy", help="the Docker socket proxy (the only process that opens the socket)"
+    )
+    proxy.add_argument("--listen", default="127.0.0.1:2375", help="HOST:PORT to serve on")
+    proxy.add_argument(
+        "--mode", choices=["read", "act"], help="read: Monitor and Analyzer; act: Responder"
+    )
+    proxy.add_argument("--socket", default="/var/run/docker.sock", help="the Docker socket")
+    proxy.add_argument("--allow-exec", action="store_true", help="act: runbook exec actions")
+    proxy.add_argument(
+        "--allow-scale", action="store_true", help="act: clone containers, scale swarm services"
+    )
+    proxy.add_argument(
+        "--allow-volume-removal", action="store_true", help="act: DELETE containers with v=true"
+    )
+    proxy.add_argument(
+        "--check", metavar="HOST:PORT", help="health check: exit 0 when GET /_ping answers OK"
+    )
+    proxy.set_defaults(func=_cmd_socket_proxy)
 
     check = sub.add_parser("check", help="exit 0 when the agent has a fresh heartbeat")
     check.add_argument("name")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from typing import Protocol
 
 from agents.base import AgentCrashed
 from agents.registry import AgentFactory
@@ -44,3 +45,31 @@ async def _serve(factory: AgentFactory, settings: Settings) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
         await redis.aclose()
+
+
+class Service(Protocol):
+    """A long-running part that is not an agent (no Redis, no heartbeat): the socket proxy."""
+
+    name: str
+
+    async def run(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def run_service(service: Service, settings: Settings) -> int:
+    """Run `service` until SIGTERM/SIGINT; exit code 0 on a clean stop."""
+    setup_logging(settings)
+    return asyncio.run(_serve_service(service))
+
+
+async def _serve_service(service: Service) -> int:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, service.stop)
+    try:
+        await service.run()
+        return 0
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

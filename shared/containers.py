@@ -14,6 +14,8 @@ LABEL_MONITOR = "hemostat.monitor"  # "false": never watched
 LABEL_REMEDIATE = "hemostat.remediate"  # "true": HemoStat may act on it (unless scope is all)
 LABEL_PROTECT = "hemostat.protect"  # "true": never touched, whatever else says
 LABEL_STACK = "hemostat.stack"  # set on HemoStat's own services
+LABEL_CLONE_OF = "hemostat.clone-of"  # a scale-up clone: the container it copies (the socket
+# proxy fills the clone's environment values, which it masks in inspections, from that one)
 LABEL_CPU_THRESHOLD = "hemostat.cpu_threshold"
 LABEL_MEMORY_THRESHOLD = "hemostat.memory_threshold"
 COMPOSE_PROJECT = "com.docker.compose.project"

@@ -20,7 +20,7 @@ import docker
 import requests
 from docker.errors import APIError, DockerException, NotFound
 
-from shared.containers import ContainerInfo, parse_inspect
+from shared.containers import LABEL_CLONE_OF, ContainerInfo, parse_inspect
 from shared.errors import ContainerNotFound, DockerError, DockerUnavailable
 from shared.settings import Settings
 
@@ -185,7 +185,9 @@ class DockerGateway:
         return inspected.get("ExitCode"), output or b""
 
     async def clone(self, template: dict[str, Any], name: str, labels: dict[str, str]) -> str:
-        """Create and start a container from another's inspect data (compose-style scale up)."""
+        """Create and start a container from another's inspect data (compose-style scale up).
+        The clone names its source in a label: behind the socket proxy the template's
+        environment values are masked, and the proxy fills them in from that source."""
         config = template.get("Config") or {}
         host_config = dict(template.get("HostConfig") or {})
         networks = (template.get("NetworkSettings") or {}).get("Networks") or {}
@@ -203,7 +205,7 @@ class DockerGateway:
             environment=config.get("Env"),
             working_dir=config.get("WorkingDir") or None,
             user=config.get("User") or None,
-            labels=labels,
+            labels=labels | {LABEL_CLONE_OF: template["Id"]},
             name=name,
             healthcheck=config.get("Healthcheck"),
             host_config=host_config,

@@ -16,7 +16,8 @@ the original cause stays in the traceback.
     ├── LLMError               the LLM gave no usable answer (the rules decision stands)
     ├── ActionRejected         a remediation was refused by a guard or the action policy
     ├── ApprovalError          an approval decision could not be applied (expired, decided, ...)
-    └── NotificationError      a notification channel failed after its retries
+    ├── NotificationError      a notification channel failed after its retries
+    └── RequestRefused         the Docker socket proxy refused a request (HTTP status, rule)
 """
 
 from __future__ import annotations
@@ -82,3 +83,15 @@ class ApprovalError(HemoStatError):
 
 class NotificationError(HemoStatError):
     """A notification channel failed after its retries."""
+
+
+class RequestRefused(HemoStatError):
+    """The Docker socket proxy refused a request: ``status`` is the HTTP answer (400 malformed,
+    403 outside the policy, 408 too slow, 413 too large, 431 head too large, 503 too many
+    connections), ``rule`` names the rule or check that refused it."""
+
+    def __init__(self, status: int, rule: str, reason: str) -> None:
+        super().__init__(f"{rule}: {reason}")
+        self.status = status
+        self.rule = rule
+        self.reason = reason
