@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help install services test-image images lint format test e2e bench run up down demo clean fresh-machine stack-env
+.PHONY: help install services test-image images lint format test e2e bench run up down demo edge-up edge-down clean fresh-machine stack-env
 
 help:
 	@echo "make run    - run every agent and the dashboard locally (dry-run by default)"
@@ -33,7 +33,7 @@ test-image: install services
 # Minutes on a fresh machine (debootstrap, Debian packages, wheels), seconds once cached: a step of
 # its own with visible progress, never inside a test's timeout.
 images: install services
-	PYTHON=$(PY) scripts/offline-images.sh python redis nginx prometheus alertmanager busybox wheels
+	PYTHON=$(PY) scripts/offline-images.sh python redis prometheus alertmanager busybox wheels
 	@echo "[images] building hemostat:latest (the agent image)"
 	DOCKER_BUILDKIT=0 docker build --build-arg PIP_NO_INDEX=1 -t hemostat:latest .
 
@@ -76,6 +76,16 @@ demo: stack-env
 
 down:
 	DOCKER_SOCKET_GID=0 docker compose --profile demo down
+
+# An edge host of a fleet (docker-compose.edge.yml): Monitor + Responder against a central Redis.
+edge-up: install
+	@test -f .env || { echo ".env is missing: set REDIS_URL (the central Redis) and HEMOSTAT_HOST_NAME"; exit 1; }
+	$(PY) -m agents.cli config stack-env --edge --env-file .env --out .state/env
+	@mkdir -p .state/tls
+	DOCKER_SOCKET_GID=$(SOCKET_GID) docker compose -f docker-compose.edge.yml up -d --build
+
+edge-down:
+	DOCKER_SOCKET_GID=0 docker compose -f docker-compose.edge.yml down
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .state

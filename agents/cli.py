@@ -134,6 +134,26 @@ def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _cmd_hosts_forget(args: argparse.Namespace, settings: Settings) -> int:
+    """A host taken out of the fleet on purpose: no longer reported as unwatched."""
+    from redis.exceptions import RedisError
+
+    from shared import keys
+    from shared.redis_client import connect_sync
+
+    try:
+        with connect_sync(settings) as redis:
+            removed = redis.hdel(keys.HOSTS, args.name)
+    except RedisError as exc:
+        print(f"cannot reach Redis: {exc}", file=sys.stderr)
+        return 1
+    if not removed:
+        print(f"hemostat: no host {args.name!r} (see `hemostat status`)", file=sys.stderr)
+        return 1
+    print(f"forgot host {args.name}; it comes back if its agents beat again")
+    return 0
+
+
 def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     """Agents (heartbeats) and containers (the Monitor's snapshots), at a glance."""
     import time
@@ -141,6 +161,7 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from redis.exceptions import RedisError
 
     from shared.container_state import read_snapshots
+    from shared.hosts import read_hosts
     from shared.redis_client import connect_sync
 
     try:
@@ -148,14 +169,27 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             beats = read_heartbeats(redis)
             snapshots = read_snapshots(redis, time.time(), args.max_age)
             pending = _pending_proposals(redis)
+            hosts = read_hosts(redis)
     except RedisError as exc:
         print(f"cannot reach Redis: {exc}", file=sys.stderr)
         return 1
     now = datetime.now(UTC)
     print(f"AGENTS ({len(beats)})")
-    for beat in sorted(beats, key=lambda b: (b.agent, b.instance)):
+    for beat in sorted(beats, key=lambda b: (b.agent, b.host, b.instance)):
         age = (now - beat.beat_at).total_seconds()
-        print(f"  {beat.agent:10s} {beat.instance:28s} {beat.status:9s} beat {age:4.1f}s ago")
+        print(
+            f"  {beat.agent:10s} {beat.host[:20]:20s} {beat.instance:28s} {beat.status:9s} "
+            f"beat {age:4.1f}s ago"
+        )
+    print(f"\nHOSTS ({len(hosts)})")
+    for record in hosts:
+        since = time.time() - record.since
+        seen = time.time() - record.last_seen
+        print(
+            f"  {record.host[:28]:28s} {record.state:10s} for {since:6.0f}s  "
+            f"monitors {record.monitors}  responders {record.responders}  "
+            f"last seen {seen:.0f}s ago"
+        )
     print(f"\nCONTAINERS ({len(snapshots)})")
     columns = ("NAME", 28), ("STATE", 9), ("HEALTH", 10), ("CPU%", -6), ("MEM%", -6)
     print("  " + " ".join(f"{n:>{-w}s}" if w < 0 else f"{n:{w}s}" for n, w in columns), end="")
@@ -297,13 +331,14 @@ def _cmd_stack_env(args: argparse.Namespace, settings: Settings) -> int:
     from shared import stack_env
 
     env = stack_env.read_env_file(Path(args.env_file))
-    problems = stack_env.check(env)
+    problems = stack_env.check_edge(env) if args.edge else stack_env.check(env)
     if problems:
         print(f"hemostat: refusing to start the stack; change these in {args.env_file}:")
         for p in problems:
             print(f"  {p.name} {p.why}; for example:\n    {p.name}={p.suggestion}")
         return 1
-    for path in stack_env.write(env, Path(args.out)):
+    roles = stack_env.EDGE_ROLES if args.edge else stack_env.ROLES
+    for path in stack_env.write(env, Path(args.out), roles):
         print(f"wrote {path}")
     return 0
 
@@ -351,6 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     proxy.set_defaults(func=_cmd_socket_proxy)
 
+    hosts = sub.add_parser("hosts", help="the fleet's hosts")
+    hosts_sub = hosts.add_subparsers(dest="hosts_command", required=True)
+    forget = hosts_sub.add_parser("forget", help="stop reporting a host taken out of the fleet")
+    forget.add_argument("name")
+    forget.set_defaults(func=_cmd_hosts_forget)
+
     check = sub.add_parser("check", help="exit 0 when the agent has a fresh heartbeat")
     check.add_argument("name")
     check.add_argument("--instance", help="require this exact instance")
@@ -397,6 +438,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stack.add_argument("--env-file", default=".env")
     stack.add_argument("--out", default=".state/env")
+    stack.add_argument(
+        "--edge",
+        action="store_true",
+        help="for docker-compose.edge.yml: the Monitor and Responder, against a central Redis",
+    )
     stack.set_defaults(func=_cmd_stack_env)
     return parser
 

@@ -25,6 +25,7 @@ import redis as sync_redis
 
 from bench.common import (
     BENCH_LABEL,
+    StartAfter,
     agent_env,
     header,
     percentile,
@@ -50,46 +51,11 @@ HEALTHCHECK = {
 }
 
 
-class Recorder(threading.Thread):
-    """Per container: the first `unhealthy` and the first `start` after it (the daemon's clock)."""
-
-    def __init__(self, client: Any) -> None:
-        super().__init__(daemon=True)
-        self.stream = client.api.events(
-            decode=True, filters={"type": "container", "label": f"{BENCH_LABEL}=burst"}
-        )
-        self.unhealthy: dict[str, float] = {}
-        self.started: dict[str, float] = {}
-        self.lock = threading.Lock()
-
-    def run(self) -> None:
-        with contextlib.suppress(Exception):
-            for event in self.stream:
-                cid, action = event.get("id", ""), event.get("Action", "")
-                at = int(event["timeNano"]) / 1e9
-                with self.lock:
-                    if action == "health_status: unhealthy" and cid not in self.unhealthy:
-                        self.unhealthy[cid] = at
-                    elif action == "start" and cid in self.unhealthy and cid not in self.started:
-                        self.started[cid] = at
-
-    def latencies(self, ids: list[str], timeout: float) -> list[float]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with self.lock:
-                if all(i in self.started for i in ids):
-                    return [self.started[i] - self.unhealthy[i] for i in ids]
-            time.sleep(0.1)
-        with self.lock:
-            missing = [i[:12] for i in ids if i not in self.started]
-        raise TimeoutError(f"not running again within {timeout}s: {missing}")
-
-
 def _burst(client: Any, image: str, timeout: float) -> list[float]:
     shared = Path(tempfile.mkdtemp(prefix="hemostat-burst-"))
     (shared / "ok").touch()
     made: list[Any] = []
-    recorder = Recorder(client)
+    recorder = StartAfter(client, f"{BENCH_LABEL}=burst", "health_status: unhealthy")
     recorder.start()
     try:
         for _ in range(COUNT):

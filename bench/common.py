@@ -8,6 +8,8 @@ import os
 import platform
 import statistics
 import tempfile
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -104,3 +106,39 @@ def agent_env(redis_url: str, **extra: str) -> dict[str, str]:
         "HEMOSTAT_WATCH_LABEL": BENCH_LABEL,
     }
     return env | extra
+
+
+class StartAfter(threading.Thread):
+    """Per container carrying `label`: the first `trigger` event (`die`, `health_status:
+    unhealthy`) and the first `start` after it, on the daemon's own clock."""
+
+    def __init__(self, client: Any, label: str, trigger: str) -> None:
+        super().__init__(daemon=True)
+        self.trigger = trigger
+        self.stream = client.api.events(decode=True, filters={"type": "container", "label": label})
+        self.triggered: dict[str, float] = {}
+        self.started: dict[str, float] = {}
+        self.lock = threading.Lock()
+
+    def run(self) -> None:
+        with contextlib.suppress(Exception):
+            for event in self.stream:
+                cid, action = event.get("id", ""), event.get("Action", "")
+                at = int(event["timeNano"]) / 1e9
+                with self.lock:
+                    if action == self.trigger and cid not in self.triggered:
+                        self.triggered[cid] = at
+                    elif action == "start" and cid in self.triggered and cid not in self.started:
+                        self.started[cid] = at
+
+    def latencies(self, ids: list[str], timeout: float) -> list[float]:
+        """Trigger -> start for each of `ids`, waiting up to `timeout` for all of them."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if all(i in self.started for i in ids):
+                    return [self.started[i] - self.triggered[i] for i in ids]
+            time.sleep(0.1)
+        with self.lock:
+            missing = [i[:12] for i in ids if i not in self.started]
+        raise TimeoutError(f"not started again within {timeout}s: {missing}")

@@ -21,7 +21,7 @@ from shared.redaction import Redactor
 from shared.redis_client import connect_sync
 from shared.settings import Settings, load_settings
 
-PAGES = ["Overview", "Containers", "Incidents", "Approvals", "Audit", "Agents"]
+PAGES = ["Overview", "Containers", "Incidents", "Approvals", "Audit", "Hosts", "Agents"]
 STAGE_ICON = {
     "alert": "🚨",
     "decision": "🧠",
@@ -128,15 +128,16 @@ def containers_page(redis: Redis, settings: Settings, redactor: Redactor) -> Non
     if not rows:
         st.info("No container seen yet — the Monitor writes a snapshot of each one every poll.")
         return
-    cols = st.columns(3)
+    cols = st.columns(4)
     text = cols[0].text_input("Filter by name", key="container_filter")
+    on = _host_filter(cols[1], rows, "container_hosts")
     states = sorted({r["status"] for r in rows})
-    chosen = cols[1].multiselect("Status", states, default=states, key="container_status")
+    chosen = cols[2].multiselect("Status", states, default=states, key="container_status")
     healths = sorted({r["health"] for r in rows})
-    wanted = cols[2].multiselect("Health", healths, default=healths, key="container_health")
+    wanted = cols[3].multiselect("Health", healths, default=healths, key="container_health")
     shown = [
         r
-        for r in rows
+        for r in data.filter_hosts(rows, on)
         if text.lower() in r["name"].lower() and r["status"] in chosen and r["health"] in wanted
     ]
     st.caption(f"{len(shown)} of {len(rows)} containers (click a column header to sort)")
@@ -156,6 +157,12 @@ def containers_page(redis: Redis, settings: Settings, redactor: Redactor) -> Non
             st.line_chart(frame)
 
 
+def _host_filter(where: Any, rows: list[dict[str, Any]], key: str) -> list[str]:
+    """A host multiselect (empty: every host)."""
+    names = sorted({str(r["host"]) for r in rows})
+    return list(where.multiselect("Host", names, default=[], key=key, placeholder="all hosts"))
+
+
 def _series_frame(
     series: dict[str, list[dict[str, float]]], names: dict[str, str], metric: str
 ) -> pd.DataFrame | None:
@@ -171,6 +178,8 @@ def _series_frame(
 def incidents_page(redis: Redis, settings: Settings, redactor: Redactor) -> None:
     st.header("Incidents")
     found = data.incidents(redis)
+    if found:
+        found = data.filter_hosts(found, _host_filter(st, found, "incident_hosts"))
     if not found:
         st.info("No incident yet. Each alert the Monitor raises opens or joins one.")
     else:
@@ -322,6 +331,22 @@ def audit_page(redis: Redis, settings: Settings, redactor: Redactor) -> None:
         st.info("No audit record matches. The Responder records every decision here.")
 
 
+def hosts_page(redis: Redis, settings: Settings, redactor: Redactor) -> None:
+    st.header("Hosts")
+    rows = data.hosts(redis, time.time())
+    if not rows:
+        st.info(
+            "No host has reported yet: each Docker host appears here once its Monitor or "
+            "Responder (HEMOSTAT_HOST_NAME) is alive."
+        )
+        return
+    down = [r["host"] for r in rows if r["state"] != "watched"]
+    if down:
+        st.warning(f"Not fully watched: {', '.join(down)}")
+    _table(rows, redactor, "hosts_table")
+    st.caption("`hemostat hosts forget NAME` retires a host taken out of the fleet.")
+
+
 def agents_page(redis: Redis, settings: Settings, redactor: Redactor) -> None:
     st.header("Agents")
     beats, groups, letters = data.agent_health(redis)
@@ -362,6 +387,7 @@ PAGE_FUNCS = {
     "Incidents": incidents_page,
     "Approvals": approvals_page,
     "Audit": audit_page,
+    "Hosts": hosts_page,
     "Agents": agents_page,
 }
 

@@ -30,6 +30,7 @@ from shared.events import (
     parse_event,
 )
 from shared.heartbeat import AgentStatus, Heartbeat, read_heartbeats
+from shared.hosts import describe, read_hosts
 from shared.redaction import Redactor
 from shared.redis_client import connect
 from shared.settings import Settings
@@ -155,6 +156,7 @@ def containers(redis: Redis, now: float, max_age_s: float = 300) -> list[dict[st
     for s in read_snapshots(redis, now, max_age_s):
         rows.append(
             {
+                "host": s.host or "-",
                 "name": s.name,
                 "status": s.state,
                 "health": s.health or "-",
@@ -171,7 +173,7 @@ def containers(redis: Redis, now: float, max_age_s: float = 300) -> list[dict[st
                 "id": s.id[:12],
             }
         )
-    return sorted(rows, key=lambda r: (r["open alerts"] == "-", r["name"]))
+    return sorted(rows, key=lambda r: (r["open alerts"] == "-", r["host"], r["name"]))
 
 
 def _last_incident_by_container(redis: Redis) -> dict[str, str]:
@@ -224,6 +226,7 @@ def incidents(redis: Redis, limit: int = 100) -> list[dict[str, Any]]:
             {
                 "id": data.get("id"),
                 "status": data.get("status"),
+                "host": subject.get("host") or "-",
                 "container": subject.get("container_name")
                 or (subject.get("container_id") or "")[:12],
                 "container_id": subject.get("container_id"),
@@ -366,6 +369,7 @@ def event_feed(redis: Redis, limit: int = 50) -> list[dict[str, Any]]:
                 "time": e.emitted_at.strftime("%H:%M:%S"),
                 "type": e.type,
                 "severity": e.severity.value,
+                "host": e.subject.host or "-",
                 "container": e.subject.display,
                 "summary": _summary(e),
                 "incident": e.incident_id or "-",
@@ -434,6 +438,39 @@ def submit_decision(
             await redis.aclose()
 
     return asyncio.run(run())
+
+
+# ---------------------------------------------------------------- hosts
+
+
+def hosts(redis: Redis, now: float) -> list[dict[str, Any]]:
+    """The fleet: every known host, whether it is watched and healed, and its edge agents."""
+    return [
+        {
+            "host": h.host,
+            "state": h.state.value,
+            "for": _duration(now - h.since),
+            "monitors": h.monitors,
+            "responders": h.responders,
+            "last seen": "now" if now - h.last_seen < 1 else f"{_duration(now - h.last_seen)} ago",
+            "what it means": describe(h),
+        }
+        for h in read_hosts(redis)
+    ]
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def filter_hosts(rows: list[dict[str, Any]], chosen: list[str]) -> list[dict[str, Any]]:
+    """Rows on the chosen hosts (all rows when none is chosen)."""
+    return [r for r in rows if not chosen or r.get("host") in chosen]
 
 
 # ---------------------------------------------------------------- audit and agent health

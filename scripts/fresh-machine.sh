@@ -22,7 +22,7 @@ cd "$work/hemostat"
 
 if timeout 10 docker info >/dev/null 2>&1; then
   images=$(docker images --format '{{.Repository}}:{{.Tag}}' | grep -E \
-    '^(hemostat:|hemostat-offline/|hemostat-test/|python:3\.11-slim|redis:7-alpine|nginx:1\.27-alpine|prom/prometheus:v2\.53\.0|prom/alertmanager:v0\.27\.0|busybox:1\.36)' || true)
+    '^(hemostat:|hemostat-offline/|hemostat-test/|python:3\.11-slim|redis:7-alpine|prom/prometheus:v2\.53\.0|prom/alertmanager:v0\.27\.0|busybox:1\.36)' || true)
   if [ -n "$images" ]; then
     log "removing cached images: $(echo "$images" | tr '\n' ' ')"
     # shellcheck disable=SC2086

@@ -4,7 +4,7 @@
 # tagged with the name the compose file uses and keeps that image's entrypoint, command and paths,
 # so the compose file itself stays unchanged. Grafana has no Debian package: there is no stand-in.
 #
-#   scripts/offline-images.sh [python] [redis] [nginx] [prometheus] [alertmanager] [busybox] [wheels]
+#   scripts/offline-images.sh [python] [redis] [prometheus] [alertmanager] [busybox] [wheels]
 #
 # With no argument, everything. Images that already exist are kept (delete one to rebuild it).
 # `wheels` fills deploy/wheelhouse/ so the HemoStat image builds with PIP_NO_INDEX=1.
@@ -14,11 +14,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want=("$@")
-[ ${#want[@]} -gt 0 ] || want=(python redis nginx prometheus alertmanager busybox wheels)
+[ ${#want[@]} -gt 0 ] || want=(python redis prometheus alertmanager busybox wheels)
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 CACHE=${OFFLINE_CACHE:-.state/offline}
 BASE=hemostat-offline/base:bookworm
-PACKAGES=ca-certificates,python3,python3-pip,python3-venv,redis-server,nginx-light,prometheus,prometheus-alertmanager,wget,procps,passwd
+PACKAGES=ca-certificates,python3,python3-pip,python3-venv,redis-server,prometheus,prometheus-alertmanager,wget,procps,passwd
 
 log() { printf '[offline-images] %s\n' "$*" >&2; }
 have() { docker image inspect "$1" >/dev/null 2>&1; }
@@ -95,10 +95,6 @@ VOLUME /data
 EXPOSE 6379
 ENTRYPOINT ["docker-entrypoint.sh"]
 CMD ["redis-server"]' ;;
-    nginx) standin nginx:1.27-alpine 'EXPOSE 80
-STOPSIGNAL SIGQUIT
-ENTRYPOINT ["/docker-entrypoint.sh"]
-CMD ["nginx", "-g", "daemon off;"]' ;;
     prometheus) standin prom/prometheus:v2.53.0 'RUN mkdir -p /prometheus /etc/prometheus
 WORKDIR /prometheus
 EXPOSE 9090

@@ -237,10 +237,19 @@ class LLMProvider(StrEnum):
 
 
 class AnalyzerSettings(_Section):
-    """Analyzer agent: runbooks, rules, optional LLM."""
+    """Analyzer agent: runbooks, rules, optional LLM; the fleet's host watch."""
 
     runbooks_dir: Path = Field(
         default=Path("runbooks"), description="Folder of runbook YAML files (read at start)."
+    )
+    fleet_host_grace_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="A host without a live Monitor (or Responder) this long is escalated ('host "
+        "X is no longer watched'); being watched again is told at once.",
+    )
+    fleet_check_interval_s: float = Field(
+        default=5.0, gt=0, description="How often the hosts' edge agents are looked at."
     )
     analyzer_max_alert_age_s: float = Field(
         default=600.0,

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Mapping
+import socket
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel
 
@@ -33,7 +35,17 @@ from shared.settings import (
     env_name,
 )
 
-__all__ = ["REQUIRED", "ROLES", "Problem", "check", "read_env_file", "role_env", "write"]
+__all__ = [
+    "EDGE_ROLES",
+    "REQUIRED",
+    "ROLES",
+    "Problem",
+    "check",
+    "check_edge",
+    "read_env_file",
+    "role_env",
+    "write",
+]
 
 _COMMON: tuple[type[BaseModel], ...] = (CoreSettings, BusSettings, AgentSettings)
 ROLES: dict[str, tuple[type[BaseModel], ...]] = {
@@ -44,6 +56,8 @@ ROLES: dict[str, tuple[type[BaseModel], ...]] = {
     "metrics": (*_COMMON, MetricsSettings),
     "dashboard": (CoreSettings, DashboardSettings),
 }
+# What an edge host (docker-compose.edge.yml) runs: the rest is the central host's.
+EDGE_ROLES = ("monitor", "responder")
 # What the stack cannot run without (each one guards something reachable on its networks).
 REQUIRED = ("REDIS_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "HEMOSTAT_WEBHOOK_TOKEN")
 _SECRET_SUFFIXES = ("_PASSWORD", "_TOKEN", "_SECRET", "_KEY")
@@ -88,17 +102,48 @@ def check(env: Mapping[str, str]) -> list[Problem]:
     return problems
 
 
+def check_edge(env: Mapping[str, str]) -> list[Problem]:
+    """An edge has no Redis of its own: REDIS_URL (or the sentinels) must name the central one,
+    and the secrets it carries must not be example values."""
+    problems = [p for p in check(env) if p.name not in REQUIRED]
+    url = env.get("REDIS_URL", "")
+    if not url and not env.get("HEMOSTAT_REDIS_SENTINELS"):
+        problems.append(
+            Problem(
+                "REDIS_URL",
+                "is empty: an edge reports to the central Redis",
+                "rediss://:PASSWORD@central.example:6379/0",
+            )
+        )
+    elif url and not env.get("HEMOSTAT_REDIS_SENTINELS"):
+        host = urlsplit(url).hostname or ""
+        if host in ("", "localhost", "redis") or host.startswith("127.") or host == "::1":
+            problems.append(
+                Problem(
+                    "REDIS_URL",
+                    f"names {host or 'no host'}, which is not the central Redis from an "
+                    "edge's containers",
+                    "rediss://:PASSWORD@central.example:6379/0",
+                )
+            )
+    return problems
+
+
 def role_env(role: str, env: Mapping[str, str]) -> dict[str, str]:
     """The variables of `env` that belong to `role`'s settings sections, and nothing else."""
     names = {env_name(field) for section in ROLES[role] for field in section.model_fields}
     return {k: v for k, v in env.items() if k in names and v != ""}
 
 
-def write(env: Mapping[str, str], out: Path) -> list[Path]:
+def write(env: Mapping[str, str], out: Path, roles: Iterable[str] = ROLES) -> list[Path]:
+    # Every service of the stack runs on this machine: one host name for all of them (a
+    # container's own hostname is its id, and the Responder acts only for its host's requests).
+    if not env.get("HEMOSTAT_HOST_NAME"):
+        env = {**env, "HEMOSTAT_HOST_NAME": socket.gethostname()}
     out.mkdir(parents=True, exist_ok=True)
     out.chmod(0o700)  # the files hold secrets; the folder keeps other users out
     written = []
-    for role in ROLES:
+    for role in roles:
         path = out / f"{role}.env"
         lines = [f"{k}={v}" for k, v in sorted(role_env(role, env).items())]
         _write(path, "\n".join(lines) + "\n", 0o600)

@@ -45,12 +45,17 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     env_file = tmp / ".env"
     env_file.write_text(example_env(**SECRETS))
     stack_env.write(stack_env.read_env_file(env_file), tmp / "env")
+    return compose_config(env_file, tmp / "env", "--profile", "demo")
+
+
+def compose_config(env_file: Path, env_dir: Path, *args: str) -> dict[str, Any]:
+    """What `docker compose ... config` makes of a compose file with this .env (no container)."""
     out = subprocess.run(
-        [*_compose(), "--env-file", str(env_file), "--profile", "demo", "config", "--format", "json"],
+        [*_compose(), *args, "--env-file", str(env_file), "config", "--format", "json"],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        env={"PATH": "/usr/bin:/bin:/usr/local/bin", "STACK_ENV_DIR": str(tmp / "env"),
+        env={"PATH": "/usr/bin:/bin:/usr/local/bin", "STACK_ENV_DIR": str(env_dir),
              "DOCKER_SOCKET_GID": "998"},
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
@@ -159,3 +164,77 @@ def test_example_secrets_are_refused_with_the_variable_named_and_a_strong_value_
 def test_make_up_checks_the_secrets_before_compose_runs():
     dry = subprocess.run(["make", "-n", "up"], cwd=ROOT, capture_output=True, text=True).stdout
     assert dry.index("config stack-env") < dry.index("docker compose up")
+
+
+def test_no_password_is_on_a_command_line(config):
+    """A command line shows in `docker inspect` and /proc/<pid>/cmdline for anyone on the host."""
+    for name, service in config["services"].items():
+        command = service.get("command") or []
+        text = command if isinstance(command, str) else " ".join(map(str, command))
+        assert "redis-pw-4b1d9c0e7a" not in text, f"{name} has the Redis password in its command"
+
+
+def test_every_agent_names_the_same_host(config):
+    """A container's own hostname is its id: without one name for the whole stack, the Responder
+    (which acts only on its host's requests) would never act on what the Monitor saw."""
+    names = {
+        name: (config["services"][name].get("environment") or {}).get("HEMOSTAT_HOST_NAME")
+        for name in AGENTS
+    }
+    assert len(set(names.values())) == 1 and None not in names.values(), names
+
+
+# ---------------------------------------------------------------- an edge host of a fleet
+
+EDGE_URL = "rediss://:central-pw-0c1a2b3c@redis.central.example:6380/0"
+
+
+@pytest.fixture(scope="module")
+def edge_config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("edge")
+    env_file = tmp / ".env"
+    env_file.write_text(
+        example_env(**SECRETS, REDIS_URL=EDGE_URL, HEMOSTAT_HOST_NAME="edge-7")
+        + "HEMOSTAT_REDIS_TLS_CA_FILE=/run/hemostat/tls/ca.pem\n"
+    )
+    env = stack_env.read_env_file(env_file)
+    assert stack_env.check_edge(env) == []
+    stack_env.write(env, tmp / "env", stack_env.EDGE_ROLES)
+    return compose_config(env_file, tmp / "env", "-f", "docker-compose.edge.yml")
+
+
+def test_an_edge_runs_the_monitor_and_responder_against_the_central_redis_only(edge_config):
+    services = edge_config["services"]
+    assert sorted(services) == ["monitor", "responder", "socket-proxy-act", "socket-proxy-read"]
+    assert _peers(edge_config, "socket-proxy-read") == {"monitor"}
+    assert _peers(edge_config, "socket-proxy-act") == {"responder"}
+    for name, s in services.items():
+        assert "ports" not in s, f"{name}: an edge publishes nothing"
+        assert "ALL" in s["cap_drop"] and s["read_only"] is True, name
+        binds = [v["source"] for v in s.get("volumes", []) if v["type"] == "bind"]
+        assert ("/var/run/docker.sock" in binds) == name.startswith("socket-proxy"), name
+    for agent in ("monitor", "responder"):
+        env = services[agent]["environment"]
+        assert env["REDIS_URL"] == EDGE_URL, "the central Redis, from .env"
+        assert env["HEMOSTAT_HOST_NAME"] == "edge-7", "every event names this host"
+        assert env["HEMOSTAT_REDIS_TLS_CA_FILE"] == "/run/hemostat/tls/ca.pem"
+        assert "ANTHROPIC_API_KEY" not in env and "SLACK_WEBHOOK_URL" not in env
+        assert "HEMOSTAT_DASHBOARD_PASSWORD" not in env
+    assert services["monitor"]["environment"]["HEMOSTAT_WEBHOOK_PORT"] == "0"
+    assert services["responder"]["environment"]["HEMOSTAT_DRY_RUN"] == "true"
+
+
+@pytest.mark.parametrize(
+    "url", ["", "redis://:pw-0c1a2b3c@127.0.0.1:6379/0", "redis://:pw-0c1a2b3c@redis:6379/0"]
+)
+def test_an_edge_refuses_to_start_without_a_central_redis(tmp_path, url):
+    env_file = tmp_path / ".env"
+    env_file.write_text(example_env(**SECRETS, REDIS_URL=url))
+    done = subprocess.run(
+        [".venv/bin/hemostat", "config", "stack-env", "--edge", "--env-file", str(env_file),
+         "--out", str(tmp_path / "env")],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "REDIS_URL" in done.stdout and "central" in done.stdout
+    assert not (tmp_path / "env").exists(), "nothing written"

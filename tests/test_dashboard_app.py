@@ -85,6 +85,23 @@ def test_containers_grid_shows_every_container_and_filters(seeded):
     assert list(at.dataframe[0].value["name"]) == ["shop-db-1"]
 
 
+def test_the_fleet_has_a_host_column_a_host_filter_and_a_hosts_page(seeded):
+    at = open_page("Containers")
+    table = at.dataframe[0].value
+    assert table.set_index("name").loc["nightly-job", "host"] == "h2"
+    at.multiselect(key="container_hosts").set_value(["h2"]).run()
+    assert list(at.dataframe[0].value["name"]) == ["nightly-job"]
+    at = open_page("Incidents")
+    assert set(at.dataframe[0].value["host"]) == {"h1"}
+    at = open_page("Hosts")
+    hosts = at.dataframe[0].value.set_index("host")
+    assert hosts.loc["h1", "state"] == "watched"
+    assert hosts.loc["h2", "state"] == "unwatched"
+    assert "no longer watched" in hosts.loc["h2", "what it means"]
+    assert hosts.loc["h2", "last seen"] == "11 min ago"
+    assert any("h2" in w.value for w in at.warning)
+
+
 def test_incidents_page_shows_the_timeline(seeded):
     at = open_page("Incidents")
     assert seeded.incident_id in set(at.dataframe[0].value["id"])

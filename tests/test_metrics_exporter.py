@@ -59,6 +59,9 @@ async def scrape(agent):
     return response.text
 
 
+H = "test-host"  # every pipeline counter names the host the event is about
+
+
 async def test_exporter_counts_the_pipeline_and_reads_state(redis, redis_url):
     await seed_state(redis)
     async with exporter(redis, redis_url) as agent:
@@ -72,6 +75,7 @@ async def test_exporter_counts_the_pipeline_and_reads_state(redis, redis_url):
         value(
             m,
             "hemostat_health_alerts_total",
+            host="test-host",
             kind="crash",
             severity="critical",
             status="firing",
@@ -85,12 +89,12 @@ async def test_exporter_counts_the_pipeline_and_reads_state(redis, redis_url):
     )
     assert value(m, "hemostat_llm_fallbacks_total", reason="timeout") == 1
     assert value(m, "hemostat_false_alarms_total", kind="anomaly") == 1
-    assert value(m, "hemostat_remediations_total", action="restart", status="failed") == 2
-    assert value(m, "hemostat_guard_rejections_total", guard="circuit_breaker") == 1
+    assert value(m, "hemostat_remediations_total", host=H, action="restart", status="failed") == 2
+    assert value(m, "hemostat_guard_rejections_total", host=H, guard="circuit_breaker") == 1
     assert value(m, "hemostat_approvals_total", state="requested") == 1
     assert value(m, "hemostat_approvals_total", state="approved") == 1
     assert value(m, "hemostat_approvals_total", state="expired") == 1
-    assert value(m, "hemostat_escalations_total", guard="crash_loop") == 1
+    assert value(m, "hemostat_escalations_total", host=H, guard="crash_loop") == 1
     assert value(m, "hemostat_notifications_total", channel="slack", status="sent") == 1
     assert value(m, "hemostat_dead_letters_total", channel="hemostat:health_alert") == 1
     assert value(m, "hemostat_detection_latency_seconds_count", detector="docker_events") == 1

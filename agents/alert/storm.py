@@ -99,10 +99,13 @@ class Member(Model):
 
 def bundles(event: Envelope) -> bool:
     """Failures are bundled; a question to people (an approval request, and how its proposal
-    ended) is always its own message, and a suppressed outcome is not a message at all."""
+    ended) and a host's liveness are always their own message."""
     if isinstance(event, RemediationCompleteEvent):
         return event.payload.proposal_id is None
-    return isinstance(event, EscalationEvent | FalseAlarmEvent)
+    if isinstance(event, EscalationEvent):
+        # A host no longer watched is news of its own, never one line of a storm.
+        return not (event.payload.guard or "").startswith("host_")
+    return isinstance(event, FalseAlarmEvent)
 
 
 def scopes_of(event: Envelope) -> list[str]:

@@ -26,6 +26,8 @@ from shared.events import (
     AnalysisMethod,
     Channel,
     Envelope,
+    Escalation,
+    EscalationEvent,
     Event,
     FalseAlarm,
     FalseAlarmEvent,
@@ -35,8 +37,11 @@ from shared.events import (
     RemediationNeeded,
     RemediationNeededEvent,
     Severity,
+    Subject,
     make_event,
 )
+from shared.heartbeat import live_heartbeats
+from shared.hosts import HostRecord, HostState, HostStore, describe, observe, transition
 from shared.idempotency import Claims, delivery_entry
 from shared.redaction import Redactor
 from shared.runbooks import Runbook, Runbooks, load_runbooks
@@ -74,6 +79,7 @@ class AnalyzerAgent(BaseAgent):
         self.incidents = IncidentStore(self.redis, self.settings.incident_idle_ttl_s)
         self.claims = Claims(self.redis, CLAIM_PREFIX, CLAIM_TTL_S)
         self.threshold = self.settings.analyzer_confidence_threshold
+        self.hosts = HostStore(self.redis)
         self.counts = {"decisions": 0, "false_alarms": 0, "llm": 0, "llm_fallbacks": 0}
 
     def partition_key(self, event: Event) -> str | None:
@@ -95,6 +101,45 @@ class AnalyzerAgent(BaseAgent):
         docker = getattr(self.diagnostics, "docker", None)
         if docker is not None:
             docker.close()
+
+    @periodic(lambda self: self.settings.fleet_check_interval_s)
+    async def watch_hosts(self) -> None:
+        """Each host's edge agents: a host no longer watched (or healed) is escalated once it
+        lasts the grace period, and told again when it is back."""
+        seen = observe(await live_heartbeats(self.redis), self.clock.now())
+        records = await self.hosts.read()
+        now = self.clock.time()
+        for host in sorted(set(seen) | set(records)):
+            was, record = records.get(host, ("", None))
+            new, tell = transition(
+                record, seen.get(host), host, now, self.settings.fleet_host_grace_s
+            )
+            if new is None or new == record or not await self.hosts.replace(host, was, new):
+                continue  # unchanged, or another replica wrote (and told) it first
+            if tell is not None:
+                await self.bus.publish(self._host_event(new))
+                self.log.warning("analyzer.host", host=host, state=tell)
+
+    def _host_event(self, record: HostRecord) -> Envelope:
+        watched = record.state is HostState.WATCHED
+        return make_event(
+            EscalationEvent,
+            source=self.source,
+            subject=Subject(host=record.host),
+            severity=Severity.INFO if watched else Severity.CRITICAL,
+            payload=Escalation(
+                reason=describe(record),
+                guard=f"host_{record.state}",
+                details={
+                    "host": record.host,
+                    "monitors": str(record.monitors),
+                    "responders": str(record.responders),
+                },
+            ),
+            occurred_at=self.clock.now(),
+            emitted_at=self.clock.now(),
+            idempotency_key=f"host:{record.host}:{record.state}:{record.since:.3f}",
+        )
 
     @periodic(3600)
     async def prune(self) -> None:

@@ -18,7 +18,12 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from agents.base import BaseAgent, background
-from agents.metrics.collectors import AgentCollector, ContainerCollector, StreamCollector
+from agents.metrics.collectors import (
+    AgentCollector,
+    ContainerCollector,
+    HostCollector,
+    StreamCollector,
+)
 from agents.metrics.instruments import PipelineMetrics
 from shared.events import DEAD_LETTER_STREAM, Channel, Envelope, Event
 from shared.redis_client import CONNECTION_ERRORS, connect_sync
@@ -32,11 +37,12 @@ def build_registry(
 ) -> tuple[CollectorRegistry, PipelineMetrics]:
     registry = CollectorRegistry(auto_describe=True)
     metrics = PipelineMetrics(registry)
-    metrics.initialise()
+    metrics.initialise(settings.host_name)
     max_age = max(3 * settings.monitor_poll_interval_s, 60.0)
     registry.register(ContainerCollector(sync_redis, max_age))
     registry.register(AgentCollector(sync_redis))
     registry.register(StreamCollector(sync_redis))
+    registry.register(HostCollector(sync_redis))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     return registry, metrics

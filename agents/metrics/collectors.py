@@ -15,10 +15,12 @@ from prometheus_client.registry import Collector
 from redis import Redis
 from redis.exceptions import RedisError
 
+from shared import keys
 from shared.approvals import PENDING
 from shared.container_state import SNAPSHOT_INDEX, SNAPSHOT_PREFIX
 from shared.events import DEAD_LETTER_STREAM, Channel
 from shared.heartbeat import AgentStatus, read_heartbeats
+from shared.hosts import HostRecord, HostState
 from shared.log import get_logger
 
 log = get_logger(__name__)
@@ -220,3 +222,35 @@ class StreamCollector(Collector):
         except RedisError as exc:
             log.warning("metrics.streams_unavailable", error=str(exc))
         yield from (length, lag, pending, dead, approvals)
+
+
+class HostCollector(Collector):
+    """The fleet's hosts as the Analyzer's host watch last recorded them."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+
+    def collect(self) -> Iterator[Any]:
+        state = _gauge(
+            "hemostat_host_state",
+            "1 for the host's current state (watched, not_healed, unwatched).",
+            ["host", "state"],
+        )
+        agents = _gauge(
+            "hemostat_host_edge_agents", "Live edge agents of the host.", ["host", "agent"]
+        )
+        try:
+            values: Any = self.redis.hvals(keys.HOSTS)
+        except RedisError as exc:
+            log.warning("metrics.hosts_unavailable", error=str(exc))
+            values = []
+        for value in values:
+            try:
+                record = HostRecord.model_validate_json(value)
+            except ValueError:
+                continue
+            for each in HostState:
+                state.add_metric([record.host, each.value], float(record.state is each))
+            agents.add_metric([record.host, "monitor"], float(record.monitors))
+            agents.add_metric([record.host, "responder"], float(record.responders))
+        yield from (state, agents)

@@ -61,7 +61,7 @@ class PipelineMetrics:
         self.health_alerts = counter(
             "hemostat_health_alerts_total",
             "Health alerts.",
-            ["kind", "severity", "status", "detector"],
+            ["host", "kind", "severity", "status", "detector"],
         )
         self.decisions = counter(
             "hemostat_decisions_total", "Analyzer decisions.", ["method", "outcome", "runbook"]
@@ -73,14 +73,14 @@ class PipelineMetrics:
         )
         self.false_alarms = counter("hemostat_false_alarms_total", "False alarms.", ["kind"])
         self.remediations = counter(
-            "hemostat_remediations_total", "Remediation outcomes.", ["action", "status"]
+            "hemostat_remediations_total", "Remediation outcomes.", ["host", "action", "status"]
         )
         self.guard_rejections = counter(
-            "hemostat_guard_rejections_total", "Requests a guard refused.", ["guard"]
+            "hemostat_guard_rejections_total", "Requests a guard refused.", ["host", "guard"]
         )
         self.approvals = counter("hemostat_approvals_total", "Approval transitions.", ["state"])
         self.escalations = counter(
-            "hemostat_escalations_total", "Escalations to people.", ["guard"]
+            "hemostat_escalations_total", "Escalations to people.", ["host", "guard"]
         )
         self.notifications = counter(
             "hemostat_notifications_total", "Notification deliveries.", ["channel", "status"]
@@ -124,21 +124,22 @@ class PipelineMetrics:
             registry=registry,
         )
 
-    def initialise(self) -> None:
-        """Create the known label sets at 0, so the first increase after a start is visible to
+    def initialise(self, host: str) -> None:
+        """Create the known label sets at 0 (for this host; other hosts' series appear with
+        their first event), so the first increase after a start is visible to
         `increase()`/`rate()` (a series that appears at 1 shows no increase)."""
         for channel in Channel:
             self.dead_letters.labels(channel.value)
             self.events.labels(channel.value)
         for guard in GUARDS:
-            self.guard_rejections.labels(guard)
+            self.guard_rejections.labels(host, guard)
         for guard in ("circuit_breaker", "crash_loop"):
-            self.escalations.labels(guard)
+            self.escalations.labels(host, guard)
         for state in ("requested", "approved", "denied", "expired", "succeeded", "failed"):
             self.approvals.labels(state)
         for action in ActionType:
             for status in RemediationStatus:
-                self.remediations.labels(action.value, status.value)
+                self.remediations.labels(host, action.value, status.value)
         for channel_name in ("slack", "discord", "ntfy", "apprise"):
             for delivery in ("sent", "failed", "skipped"):
                 self.notifications.labels(channel_name, delivery)
@@ -148,7 +149,7 @@ class PipelineMetrics:
         if isinstance(event, HealthAlertEvent):
             alert = event.payload
             self.health_alerts.labels(
-                alert.kind, event.severity, alert.status, alert.detector
+                event.subject.host, alert.kind, event.severity, alert.status, alert.detector
             ).inc()
             if alert.status == "firing":
                 self.detection.labels(alert.detector).observe(
@@ -173,9 +174,9 @@ class PipelineMetrics:
                 self.analysis.labels(analysis.method).observe(elapsed)
         elif isinstance(event, RemediationCompleteEvent):
             p = event.payload
-            self.remediations.labels(p.action_type, p.status).inc()
+            self.remediations.labels(event.subject.host, p.action_type, p.status).inc()
             if p.guard:
-                self.guard_rejections.labels(p.guard).inc()
+                self.guard_rejections.labels(event.subject.host, p.guard).inc()
             if p.proposal_id and p.status in (
                 RemediationStatus.EXPIRED,
                 RemediationStatus.SUCCEEDED,
@@ -196,7 +197,7 @@ class PipelineMetrics:
         elif isinstance(event, ApprovalDecisionEvent):
             self.approvals.labels(event.payload.decision.value).inc()
         elif isinstance(event, EscalationEvent):
-            self.escalations.labels(event.payload.guard or "none").inc()
+            self.escalations.labels(event.subject.host, event.payload.guard or "none").inc()
 
     def delivery(self, channel: str, status: str, latency_ms: float) -> None:
         self.notifications.labels(channel, status).inc()

@@ -1,7 +1,8 @@
 """`make e2e`: the real compose stack on this machine's Docker engine, with the offline stand-in
 images (scripts/offline-images.sh). Grafana has no Debian package, so it is the one service left
-out. Builds the HemoStat image from the Dockerfile, starts the demo profile, proves healing end to
-end, checks the socket proxy's filter, and tears everything down."""
+out. Set up as `make up` does it (strong secrets in .env, one env file per service, the socket's
+group), starts the demo profile, proves healing end to end, checks who can reach which socket
+proxy and what each allows, and tears everything down."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import json
 import os
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from shared import stack_env
 from tests.support.services import unavailable
 
 pytestmark = pytest.mark.compose
@@ -22,7 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 PROJECT = "hemostat-e2e"
 SERVICES = [
     "redis",
-    "socket-proxy",
+    "socket-proxy-read",
+    "socket-proxy-act",
     "monitor",
     "analyzer",
     "responder",
@@ -48,7 +52,7 @@ def sh(
 
 
 class Compose:
-    def __init__(self, env_file: Path) -> None:
+    def __init__(self, env_file: Path, env_dir: Path) -> None:
         self.base = [
             "docker",
             "compose",
@@ -59,7 +63,11 @@ class Compose:
             "--profile",
             "demo",
         ]
-        self.env = dict(os.environ) | {"HEMOSTAT_DRY_RUN": "false"}  # the demo acts
+        self.env = dict(os.environ) | {
+            "HEMOSTAT_DRY_RUN": "false",  # the demo acts
+            "STACK_ENV_DIR": str(env_dir),
+            "DOCKER_SOCKET_GID": str(os.stat("/var/run/docker.sock").st_gid),
+        }
 
     def __call__(self, *args: str, check: bool = True, timeout: float = 600) -> str:
         return sh(*self.base, *args, check=check, env=self.env, timeout=timeout)
@@ -83,7 +91,6 @@ REQUIRED_IMAGES = (
     "hemostat:latest",
     "python:3.11-slim",
     "redis:7-alpine",
-    "nginx:1.27-alpine",
     "prom/prometheus:v2.53.0",
     "prom/alertmanager:v0.27.0",
     "busybox:1.36",
@@ -92,9 +99,21 @@ REQUIRED_IMAGES = (
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Iterator[Compose]:
-    env_file = tmp_path_factory.mktemp("compose") / ".env"
-    env_file.write_text((ROOT / ".env.example").read_text())
-    compose = Compose(env_file)
+    folder = tmp_path_factory.mktemp("compose")
+    env_file = folder / ".env"
+    # What `make up` asks of a person: strong values for every secret the stack needs.
+    secrets = {name: uuid.uuid4().hex for name in stack_env.REQUIRED}
+    lines = [
+        f"{line.split('=', 1)[0]}={secrets[line.split('=', 1)[0]]}"
+        if "=" in line and not line.startswith("#") and line.split("=", 1)[0] in secrets
+        else line
+        for line in (ROOT / ".env.example").read_text().splitlines()
+    ]
+    env_file.write_text("\n".join(lines) + "\n")
+    env = stack_env.read_env_file(env_file)
+    assert not stack_env.check(env), stack_env.check(env)
+    stack_env.write(env, folder / "env")
+    compose = Compose(env_file, folder / "env")
     started = time.monotonic()
     try:
         # `make images` built them (outside any test's timeout); here they must exist.
@@ -237,39 +256,87 @@ def _read(stack, code):  # type: ignore[no-untyped-def]
 
 PROXY = """
 import json, urllib.request, urllib.error
-def call(method, url):
-    data = b"{}" if method == "POST" else None
-    request = urllib.request.Request(url, method=method, data=data, headers={"Content-Type": "application/json"})
+def call(method, url, body=None):
+    request = urllib.request.Request(url, method=method, data=body, headers={"Content-Type": "application/json"})
     try:
         return urllib.request.urlopen(request, timeout=10).status
     except urllib.error.HTTPError as e:
         return e.code
-base = "http://socket-proxy:PORT"
+    except (urllib.error.URLError, OSError) as e:
+        return "unreachable"
+base = "http://HOSTPORT"
 print(json.dumps({
   "ping": call("GET", base + "/_ping"),
   "list": call("GET", base + "/v1.41/containers/json"),
-  "create": call("POST", base + "/v1.41/containers/create"),
-  "exec": call("POST", base + "/v1.41/containers/TARGET/exec"),
+  "create": call("POST", base + "/v1.41/containers/create", b"{}"),
+  "exec": call("POST", base + "/v1.41/containers/TARGET/exec", b"{}"),
   "restart": call("POST", base + "/v1.41/containers/TARGET/restart?t=1"),
   "images": call("GET", base + "/v1.41/images/json"),
 }))
 """
+READ, ACT = "socket-proxy-read:2375", "socket-proxy-act:2376"
 
 
-def test_socket_proxy_allows_only_what_each_agent_needs(stack):
+def probe(stack: Compose, service: str, hostport: str, target: str) -> dict[str, object]:
+    code = PROXY.replace("HOSTPORT", hostport).replace("TARGET", target)
+    result: dict[str, object] = json.loads(stack.py(service, code))
+    return result
+
+
+def test_each_socket_proxy_allows_only_what_its_agents_need(stack):
     target = stack("ps", "-q", "demo-cpu").strip()
-    responder = json.loads(
-        stack.py("responder", PROXY.replace("PORT", "2376").replace("TARGET", target))
-    )
+    responder = probe(stack, "responder", ACT, target)
     assert responder["ping"] == 200
     assert responder["list"] == 200
     assert responder["create"] == 403, "the Responder cannot create containers"
-    assert responder["exec"] == 403, "the Responder cannot exec"
+    assert responder["exec"] == 403, "the Responder cannot exec (no runbook asks for it)"
     assert responder["images"] == 403
     assert responder["restart"] == 204, "but it can restart"
-    monitor = json.loads(
-        stack.py("monitor", PROXY.replace("PORT", "2375").replace("TARGET", target))
-    )
+    monitor = probe(stack, "monitor", READ, target)
     assert (monitor["ping"], monitor["list"]) == (200, 200)
     assert monitor["restart"] == 403, "the Monitor is read-only"
     assert monitor["create"] == 403
+
+
+REACH = """
+import socket
+host, port = "HOSTPORT".split(":")
+try:
+    socket.create_connection((host, int(port)), timeout=3).close()
+    print("reachable")
+except OSError:
+    print("unreachable")
+"""
+
+
+def reaches(stack: Compose, service: str, hostport: str) -> bool:
+    return stack.py(service, REACH.replace("HOSTPORT", hostport)).strip() == "reachable"
+
+
+def test_only_the_agents_that_need_a_socket_proxy_can_reach_it(stack):
+    assert reaches(stack, "monitor", READ) and reaches(stack, "responder", ACT)
+    # Not on proxy-act: the Monitor cannot act even through the acting proxy.
+    assert not reaches(stack, "monitor", ACT)
+    assert not reaches(stack, "responder", READ)
+    # On neither proxy network: these see no Docker at all.
+    for service in ("alert", "dashboard", "metrics"):
+        for hostport in (READ, ACT):
+            assert not reaches(stack, service, hostport), (service, hostport)
+
+
+INSPECT = """
+import json, urllib.request
+body = json.load(urllib.request.urlopen("http://HOSTPORT/v1.41/containers/TARGET/json", timeout=10))
+print(json.dumps(body["Config"]["Env"]))
+"""
+
+
+def test_inspect_through_the_read_proxy_shows_no_environment_values(stack):
+    """The Responder's environment holds the Redis password; the Monitor inspecting it (as it
+    inspects every container) sees the names only."""
+    target = stack("ps", "-q", "responder").strip()
+    env = json.loads(
+        stack.py("monitor", INSPECT.replace("HOSTPORT", READ).replace("TARGET", target))
+    )
+    assert env and all(entry.endswith("=***") for entry in env), env
+    assert any(entry.startswith("REDIS_URL=") for entry in env)

@@ -9,12 +9,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agents.analyzer.incidents import IncidentStore
-from shared import audit
+from shared import audit, keys
 from shared.approvals import ApprovalStore, ProposalState
 from shared.bus import Bus
 from shared.container_state import ContainerSnapshot, write_snapshots
 from shared.events import AlertKind, RemediationStatus, Severity
 from shared.heartbeat import AgentStatus, Heartbeat, write_heartbeat
+from shared.hosts import HostRecord, HostState
 from tests.support import factories
 
 WEB, DB, JOB = "a" * 64, "b" * 64, "c" * 64
@@ -65,7 +66,7 @@ async def seed(redis: Any) -> Seeded:
             ContainerSnapshot(
                 id=JOB,
                 name="nightly-job",
-                host="h1",
+                host="h2",
                 state="exited",
                 exit_code=0,
                 updated_at=now,
@@ -74,6 +75,14 @@ async def seed(redis: Any) -> Seeded:
         ],
         ttl_s=600,
     )
+    # The fleet: h1 watched and healed, h2's edge agents gone for 10 minutes.
+    for record in (
+        HostRecord(host="h1", state=HostState.WATCHED, since=now - 3600, last_seen=now,
+                   monitors=1, responders=1),
+        HostRecord(host="h2", state=HostState.UNWATCHED, since=now - 600, last_seen=now - 660,
+                   told=HostState.UNWATCHED),
+    ):  # fmt: skip
+        await redis.hset(keys.HOSTS, record.host, record.model_dump_json())
     started = datetime.fromtimestamp(now - 120, UTC)
     for agent in ("monitor", "analyzer", "responder", "alert"):  # metrics is down
         await write_heartbeat(
@@ -97,7 +106,11 @@ async def seed(redis: Any) -> Seeded:
         DB, AlertKind.UNHEALTHY, summary="shop-db-1 is unhealthy: pg down"
     )
     alert = alert.model_copy(
-        update={"subject": factories.subject(DB).model_copy(update={"container_name": "shop-db-1"})}
+        update={
+            "subject": factories.subject(DB).model_copy(
+                update={"container_name": "shop-db-1", "host": "h1"}
+            )
+        }
     )
     attached = await IncidentStore(redis).attach(alert, now)
     incident = attached.incident_id

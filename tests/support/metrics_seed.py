@@ -6,6 +6,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from shared import keys
 from shared.approvals import PENDING
 from shared.bus import Bus
 from shared.container_state import ContainerSnapshot, write_snapshots
@@ -23,6 +24,7 @@ from shared.events import (
     make_event,
 )
 from shared.heartbeat import AgentStatus, Heartbeat, write_heartbeat
+from shared.hosts import HostRecord, HostState
 from tests.support import factories
 
 AGENTS = ("monitor", "analyzer", "responder", "alert", "metrics")
@@ -30,6 +32,14 @@ AGENTS = ("monitor", "analyzer", "responder", "alert", "metrics")
 
 async def seed_state(redis: Any) -> None:
     now = time.time()
+    # The fleet: h1 watched; h2's edge agents stopped (HemoStatHostUnwatched has data).
+    for record in (
+        HostRecord(host="h1", state=HostState.WATCHED, since=now - 600, last_seen=now,
+                   monitors=1, responders=1),
+        HostRecord(host="h2", state=HostState.UNWATCHED, since=now - 300, last_seen=now - 300,
+                   told=HostState.UNWATCHED),
+    ):  # fmt: skip
+        await redis.hset(keys.HOSTS, record.host, record.model_dump_json())
     await write_snapshots(
         redis,
         [

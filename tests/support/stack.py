@@ -82,10 +82,12 @@ class Stack:
         for n, doc in enumerate(documents.split("---")):
             (folder / f"{n}.yaml").write_text(doc)
 
-    def start(self, name: str, **extra: str) -> None:
-        env = self.env | {"HEMOSTAT_INSTANCE": f"{self.env['HEMOSTAT_HOST_NAME']}-{name}"} | extra
-        log = (self.logs / f"{name}.log").open("ab")
-        self.procs[name] = subprocess.Popen(
+    def start(self, name: str, key: str | None = None, **extra: str) -> None:
+        """Start agent `name` (known as `key` here: two hosts' Monitors are two processes)."""
+        key = key or name
+        env = self.env | {"HEMOSTAT_INSTANCE": f"{self.env['HEMOSTAT_HOST_NAME']}-{key}"} | extra
+        log = (self.logs / f"{key}.log").open("ab")
+        self.procs[key] = subprocess.Popen(
             [sys.executable, "-m", "agents.cli", "agent", name],
             env=env,
             stdout=log,
