@@ -14,6 +14,7 @@ BENCHES = {
     "metrics": "bench.metrics_exporter",
     "e2e": "bench.e2e_healing",
     "burst": "bench.burst_healing",
+    "redis-failover": "bench.redis_failover",
 }
 
 
