@@ -262,7 +262,8 @@ def _cmd_decide(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
 
     from shared.approvals import decide
-    from shared.errors import ApprovalError
+    from shared.bus import Replication
+    from shared.errors import ApprovalError, NotReplicated
     from shared.events import Decision
     from shared.redis_client import connect
 
@@ -272,9 +273,19 @@ def _cmd_decide(args: argparse.Namespace, settings: Settings) -> int:
     async def run() -> int:
         redis = connect(settings)
         try:
-            proposal = await decide(redis, args.id, decision, actor, getattr(args, "reason", ""))
+            proposal = await decide(
+                redis,
+                args.id,
+                decision,
+                actor,
+                getattr(args, "reason", ""),
+                replication=Replication.from_settings(settings),
+            )
         except ApprovalError as exc:
             print(f"refused: {exc}", file=sys.stderr)
+            return 1
+        except NotReplicated as exc:
+            print(f"not confirmed: {exc}", file=sys.stderr)
             return 1
         finally:
             await redis.aclose()

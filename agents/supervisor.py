@@ -1,8 +1,8 @@
 """`hemostat run`: every agent and the dashboard as separate supervised processes on this host.
 
-With no REDIS_URL it starts a private redis-server (AOF persistence, data under the state folder)
-and stops it on exit. A process that dies is restarted with backoff. SIGINT/SIGTERM stop the
-children in order (agents, then Redis), each with its own grace period."""
+With no REDIS_URL (and no sentinels) it starts a private redis-server (AOF persistence, data under
+the state folder) and stops it on exit. A process that dies is restarted with backoff.
+SIGINT/SIGTERM stop the children in order (agents, then Redis), each with its own grace period."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from typing import IO, Any
 
 from shared.backoff import backoff_delay
 from shared.redaction import Redactor
+from shared.redis_client import describe
 from shared.redis_server import RedisServer
 from shared.settings import Settings
 
@@ -55,7 +56,7 @@ class Supervisor:
 
     def start(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
-        if self.redis_url is None:
+        if self.redis_url is None and not self.settings.redis_sentinels:
             # Loopback only, and a fresh random password at every start: another local user
             # (or a container on this host) cannot talk to it.
             password = secrets.token_urlsafe(24)
@@ -94,8 +95,8 @@ class Supervisor:
 
     def _env(self, child: Child) -> dict[str, str]:
         env = dict(os.environ)
-        assert self.redis_url is not None
-        env["REDIS_URL"] = self.redis_url
+        if self.redis_url is not None:  # None: the sentinels say where Redis is
+            env["REDIS_URL"] = self.redis_url
         if child.name in AGENT_ORDER:
             # A stable instance name lets a restarted agent resume its own pending messages.
             env["HEMOSTAT_INSTANCE"] = f"{self.settings.host_name}-{child.name}"
@@ -127,7 +128,7 @@ class Supervisor:
             f"private redis-server on {Redactor().text(self.redis.url)}, "
             f"data in {self.redis.workdir}"
             if self.redis
-            else f"{Redactor().text(self.redis_url or '')} (REDIS_URL)"
+            else describe(self.settings)
         )
         lines = [
             f"HemoStat is running (supervisor pid {os.getpid()}) — {mode}",

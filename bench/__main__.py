@@ -15,6 +15,7 @@ BENCHES = {
     "e2e": "bench.e2e_healing",
     "burst": "bench.burst_healing",
     "fleet": "bench.fleet",
+    "redis-failover": "bench.redis_failover",
 }
 
 

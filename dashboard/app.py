@@ -15,10 +15,10 @@ from redis.exceptions import RedisError
 
 from dashboard import auth, data
 from shared.container_state import read_snapshots
-from shared.errors import ApprovalError, HemoStatError
+from shared.errors import ApprovalError, HemoStatError, NotReplicated
 from shared.heartbeat import read_heartbeats
 from shared.redaction import Redactor
-from shared.redis_client import connect_sync
+from shared.redis_client import client_key, connect_sync, describe
 from shared.settings import Settings, load_settings
 
 PAGES = ["Overview", "Containers", "Incidents", "Approvals", "Audit", "Hosts", "Agents"]
@@ -33,8 +33,9 @@ STAGE_ICON = {
 
 
 @st.cache_resource
-def _client(url: str) -> Redis:
-    return connect_sync(Settings(_env_file=None, redis_url=url))
+def _client(key: str, _settings: Settings) -> Redis:
+    """One client per Redis configuration (`key`); streamlit does not hash `_settings`."""
+    return connect_sync(_settings)
 
 
 def main() -> None:
@@ -48,7 +49,7 @@ def main() -> None:
     st.sidebar.title("🩺 HemoStat")
     page = st.sidebar.radio("Page", PAGES, key="page")
     st.sidebar.caption(f"Re-reads Redis every {settings.dashboard_refresh_s:.0f} s.")
-    redis = _client(settings.effective_redis_url())
+    redis = _client(client_key(settings), settings)
     body = st.fragment(run_every=settings.dashboard_refresh_s)(_render)
     body(page, redis, settings, redactor)
 
@@ -65,7 +66,7 @@ def _render(page: str, redis: Redis, settings: Settings, redactor: Redactor) -> 
                 "agents dead-letter them (see Agents → dead letters)."
             )
     except (RedisError, OSError) as exc:
-        where = redactor.text(settings.effective_redis_url())
+        where = redactor.text(describe(settings))
         st.error(
             f"Redis is unreachable at {where}: {redactor.text(str(exc))}. "
             "The dashboard shows data again as soon as it is back."
@@ -308,6 +309,9 @@ def _decide(settings: Settings, proposal_id: str, approve: bool, actor: str, rea
         data.submit_decision(settings, proposal_id, approve, actor, reason)
     except ApprovalError as exc:
         st.warning(f"Refused: {exc}")
+        return
+    except NotReplicated as exc:
+        st.error(f"Not confirmed: {exc}")
         return
     st.success(f"{'Approved' if approve else 'Denied'} {proposal_id}.")
 

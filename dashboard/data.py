@@ -19,6 +19,7 @@ from redis.exceptions import ResponseError
 from shared import audit
 from shared.approvals import INDEX as PROPOSALS_INDEX
 from shared.approvals import PENDING, PROPOSAL_PREFIX, Proposal, ProposalState, decide
+from shared.bus import Replication
 from shared.container_state import SAMPLES_PREFIX, ContainerSnapshot, read_snapshots
 from shared.errors import InvalidEventError
 from shared.events import (
@@ -433,7 +434,10 @@ def submit_decision(
         redis = connect(settings)
         try:
             decision = Decision.APPROVED if approve else Decision.DENIED
-            return await decide(redis, proposal_id, decision, actor, reason, via="dashboard")
+            replication = Replication.from_settings(settings)
+            return await decide(
+                redis, proposal_id, decision, actor, reason, "dashboard", replication
+            )
         finally:
             await redis.aclose()
 

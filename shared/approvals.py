@@ -8,7 +8,9 @@ Every transition is one compare-and-set (a Lua script), so the first decision wi
 on an expired or already-decided proposal is refused with the reason. Every time in a proposal is
 Redis's own clock (`TIME` inside the script), never the deciding client's: a CLI on a laptop whose
 clock is an hour slow cannot approve what already expired. The CLI and the dashboard decide
-through `decide()`: the same CAS, then an `approval_decision` event for the Responder.
+through `decide()`: the same CAS, then an `approval_decision` event for the Responder. With
+HEMOSTAT_REDIS_WAIT_REPLICAS, a decision is reported done only once that many replicas confirmed
+it (WAIT after the event, which covers the CAS before it); otherwise `NotReplicated` says so.
 
 - `hemostat:proposal:<id>`       hash: state, times, the request, who decided and why
 - `hemostat:proposals`           index: id -> created_at
@@ -30,9 +32,9 @@ from typing import Any
 from redis.asyncio import Redis
 
 from shared import __version__, keys
-from shared.bus import Bus
+from shared.bus import Bus, Replication
 from shared.clock import to_datetime
-from shared.errors import ApprovalError
+from shared.errors import ApprovalError, NotReplicated
 from shared.events import (
     ApprovalDecision,
     ApprovalDecisionEvent,
@@ -311,8 +313,10 @@ async def decide(
     actor: str,
     reason: str = "",
     via: str = "cli",
+    replication: Replication | None = None,
 ) -> Proposal:
-    """Approve or deny (first decision wins), then tell the Responder. Raises ApprovalError."""
+    """Approve or deny (first decision wins), then tell the Responder. Raises ApprovalError when
+    refused, and NotReplicated when `replication` asks for replicas that did not confirm it."""
     store = ApprovalStore(redis)
     if decision is Decision.APPROVED:
         await store.approve(proposal_id, actor)
@@ -337,5 +341,13 @@ async def decide(
         idempotency_key=f"decision:{proposal_id}",
     )
     # If this publish fails, the Responder's sweep still finds the approved proposal.
-    await Bus(redis).publish(event)
+    try:
+        await Bus(redis).publish(event, replication=replication)
+    except NotReplicated as exc:
+        raise NotReplicated(
+            f"{decision.value} {proposal_id} is recorded on the Redis primary but {exc}: a "
+            "failover now could lose it; look at the proposal again before deciding anew",
+            confirmed=exc.confirmed,
+            wanted=exc.wanted,
+        ) from exc
     return proposal

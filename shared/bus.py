@@ -22,6 +22,10 @@
 - Redis outages: every loop retries with backoff; nothing crashes and no acknowledged work is lost
   (an ack that could not be sent means a redelivery, never a loss: delivery is at-least-once, and
   handlers are idempotent through the events' idempotency keys).
+- Replication: a publisher that acknowledges something to the outside passes a `Replication`; the
+  publish then ends with `WAIT n timeout` on the same connection, and `NotReplicated` is raised
+  when fewer than n replicas confirmed in time (the event is on the primary, not known to be
+  safe from a failover). Everything else is published without waiting.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from redis.client import NEVER_DECODE
 from redis.exceptions import NoScriptError, ResponseError
 
 from shared.backoff import backoff_delay
-from shared.errors import BusUnavailable, InvalidEventError
+from shared.errors import BusUnavailable, InvalidEventError, NotReplicated
 from shared.events import DEAD_LETTER_STREAM, Envelope, Event, encode_event, parse_event
 from shared.log import get_logger
 from shared.redis_client import CONNECTION_ERRORS
@@ -179,6 +183,50 @@ return id
 """)
 
 
+@dataclass(frozen=True)
+class Replication:
+    """Confirm a publish on `replicas` replicas within `timeout_ms` (Redis WAIT) before it counts
+    as done. WAIT counts the replicas that acknowledged every write this connection made, so it
+    is sent in the same pipeline as the write it guards: no extra round trip from here, but the
+    answer waits for the replicas' acknowledgement (up to the timeout when one is slow or gone)."""
+
+    replicas: int
+    timeout_ms: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Replication | None:
+        """The configured replication of acknowledgements (None when HEMOSTAT_REDIS_WAIT_REPLICAS
+        is 0)."""
+        if settings.redis_wait_replicas <= 0:
+            return None
+        return cls(settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
+
+    def check(self, confirmed: Any) -> None:
+        if int(confirmed) < self.replicas:
+            raise NotReplicated(
+                f"confirmed on {int(confirmed)} of {self.replicas} replica(s) within "
+                f"{self.timeout_ms} ms",
+                confirmed=int(confirmed),
+                wanted=self.replicas,
+            )
+
+
+# Publish an event once per marker key: the marker and the event are one atomic write (replicated
+# together), so a node that has the marker has the event. A repeat refreshes the marker's TTL: as
+# long as the same thing keeps arriving it stays deduplicated, and the refresh is a write, so a WAIT
+# after it covers the event's own earlier write too (WAIT counts from the connection's last write).
+_PUBLISH_ONCE = """
+-- KEYS: marker, stream. ARGV: ttl_s, maxlen, data. Reply: the new entry's id, or false (repeat).
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'event', ARGV[3])
+  redis.call('PUBLISH', KEYS[2], ARGV[3])
+  return id
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return false
+"""
+
+
 class Bus:
     """Publishing and group management over one Redis client."""
 
@@ -206,9 +254,39 @@ class Bus:
             dead_letter_excerpt_bytes=settings.dead_letter_excerpt_bytes,
         )
 
-    async def publish(self, event: Envelope) -> str:
-        """Append to the event's channel stream and notify live viewers; returns the stream id."""
-        return await self.publish_raw(event.channel, encode_event(event))
+    async def publish(self, event: Envelope, *, replication: Replication | None = None) -> str:
+        """Append to the event's channel stream and notify live viewers; returns the stream id.
+        With `replication`, raises NotReplicated when too few replicas confirmed it in time."""
+        return await self.publish_raw(event.channel, encode_event(event), replication=replication)
+
+    async def publish_once(
+        self,
+        event: Envelope,
+        marker: str,
+        ttl_s: int,
+        *,
+        replication: Replication | None = None,
+    ) -> str | None:
+        """Publish unless `marker` exists (then refresh it): the stream id, or None for a repeat.
+        With `replication`, a repeat is confirmed too: whatever answer follows covers the event
+        first published under this marker."""
+        data = encode_event(event)
+
+        async def attempt() -> str | None:
+            pipe = self.redis.pipeline(transaction=False)
+            # EVAL, not EVALSHA: in a pipeline with WAIT a NOSCRIPT (a restarted or new primary)
+            # could not be retried in place; the script is a few hundred bytes.
+            pipe.execute_command(
+                "EVAL", _PUBLISH_ONCE, 2, marker, event.channel, ttl_s, self.maxlen, data
+            )
+            if replication is not None:
+                pipe.wait(replication.replicas, replication.timeout_ms)
+            results: list[Any] = await pipe.execute()
+            if replication is not None:
+                replication.check(results[-1])
+            return None if results[0] is None else _text(results[0])
+
+        return await self._retrying("publish", attempt)
 
     async def publish_many(self, events: Sequence[Envelope]) -> list[str]:
         """Publish several events in one round trip (pipelined)."""
@@ -224,15 +302,21 @@ class Bus:
 
         return await self._retrying("publish", attempt)
 
-    async def publish_raw(self, channel: str, data: str) -> str:
+    async def publish_raw(
+        self, channel: str, data: str, *, replication: Replication | None = None
+    ) -> str:
         """Publish already-encoded bytes (also how tests inject malformed messages)."""
 
         async def attempt() -> str:
             pipe = self.redis.pipeline(transaction=False)
             pipe.xadd(channel, {"event": data}, maxlen=self.maxlen, approximate=True)
             pipe.publish(channel, data)
+            if replication is not None:
+                pipe.wait(replication.replicas, replication.timeout_ms)
             results: list[Any] = await pipe.execute()
-            return str(results[0])
+            if replication is not None:
+                replication.check(results[-1])
+            return _text(results[0])
 
         return await self._retrying("publish", attempt)
 
@@ -613,18 +697,18 @@ class Consumer:
                     self.redis, "XREADGROUP", "GROUP", self.group, self.name, "COUNT", free,
                     "BLOCK", self.block_ms, "STREAMS", *self.channels, *[">"] * len(self.channels),
                 )  # fmt: skip
-            except ResponseError as exc:
-                if not _group_lost(exc):
-                    raise
-                log.warning("bus.group_missing", group=self.group, error=str(exc))
-                await self._recover_groups(exc)
-                continue
-            except CONNECTION_ERRORS as exc:
+            except CONNECTION_ERRORS as exc:  # first: ReadOnlyError (a demoted primary) is one
                 attempt += 1
                 self._connected = False
                 delay = backoff_delay(attempt, base=0.1, cap=5.0)
                 log.warning("bus.read_failed", group=self.group, error=str(exc), retry_in=delay)
                 await self._sleep(delay)
+                continue
+            except ResponseError as exc:
+                if not _group_lost(exc):
+                    raise
+                log.warning("bus.group_missing", group=self.group, error=str(exc))
+                await self._recover_groups(exc)
                 continue
             attempt = 0
             self._connected = True

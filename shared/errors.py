@@ -9,7 +9,8 @@ the original cause stays in the traceback.
     │   └── RunbookError       a runbook failed validation (file, field, reason)
     ├── InvalidEventError      bytes on a channel are not a valid event envelope
     ├── BusError               the event bus could not do what was asked
-    │   └── BusUnavailable     Redis is unreachable (after bounded retries)
+    │   ├── BusUnavailable     Redis is unreachable (after bounded retries)
+    │   └── NotReplicated      a write is on the primary but too few replicas confirmed it (WAIT)
     ├── DockerError            the Docker engine refused or failed a call
     │   ├── DockerUnavailable  the daemon cannot be reached
     │   └── ContainerNotFound  the target container does not exist
@@ -45,6 +46,16 @@ class BusError(HemoStatError):
 
 class BusUnavailable(BusError):
     """Redis could not be reached, even after bounded retries."""
+
+
+class NotReplicated(BusError):
+    """A write reached the primary, but fewer replicas than required confirmed it in time (Redis
+    WAIT): a failover now could lose it, so it must not be acknowledged as done."""
+
+    def __init__(self, message: str, *, confirmed: int, wanted: int) -> None:
+        super().__init__(message)
+        self.confirmed = confirmed
+        self.wanted = wanted
 
 
 class DockerError(HemoStatError):

@@ -13,10 +13,18 @@ import re
 import socket
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import ConfigError
@@ -36,14 +44,76 @@ class _Section(BaseModel):
     model_config = ConfigDict(frozen=True)
 
 
+def parse_addresses(text: str) -> list[tuple[str, int]]:
+    """`host:port,host:port,...` (an IPv6 host in brackets: `[::1]:26379`)."""
+    addresses = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        host, sep, port = item.rpartition(":")
+        host = host.removeprefix("[").removesuffix("]")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{item!r} is not host:port")
+        addresses.append((host, int(port)))
+    if not addresses:
+        raise ValueError("no sentinel address (host:port,host:port,...)")
+    return addresses
+
+
 class CoreSettings(_Section):
     """Core: where Redis and Docker are, naming, logging."""
 
     redis_url: SecretStr | None = Field(
         default=None,
         validation_alias="REDIS_URL",
-        description="Redis URL (redis://[:password@]host:port/db). Unset: agents use "
-        "redis://localhost:6379/0 and `hemostat run` starts a private redis-server.",
+        description="Redis URL (redis://[:password@]host:port/db; rediss:// for TLS). Unset: "
+        "agents use redis://localhost:6379/0 and `hemostat run` starts a private redis-server. "
+        "With HEMOSTAT_REDIS_SENTINELS only its scheme, user, password and db count: the "
+        "sentinels say where the primary is.",
+    )
+    redis_sentinels: str | None = Field(
+        default=None,
+        description="Redis Sentinel addresses, host:port,host:port,... Agents ask the sentinels "
+        "where the primary is, and ask again after a failover. Unset: REDIS_URL's host.",
+    )
+    redis_sentinel_service: str = Field(
+        default="mymaster",
+        min_length=1,
+        description="The name the sentinels monitor the primary under (sentinel monitor NAME).",
+    )
+    redis_sentinel_password: SecretStr | None = Field(
+        default=None,
+        description="The sentinels' own password (their requirepass), if any; the data "
+        "servers' password is REDIS_URL's.",
+    )
+    redis_tls_ca_file: Path | None = Field(
+        default=None,
+        description="CA certificate (PEM) that signed the Redis servers' and sentinels' "
+        "certificates; needs rediss:// in REDIS_URL (unset: the system's trusted CAs). With "
+        "sentinels, TLS is used for them too.",
+    )
+    redis_tls_cert_file: Path | None = Field(
+        default=None,
+        description="Client certificate (PEM) for servers that require one (tls-auth-clients "
+        "yes), with HEMOSTAT_REDIS_TLS_KEY_FILE.",
+    )
+    redis_tls_key_file: Path | None = Field(
+        default=None, description="Private key (PEM) of HEMOSTAT_REDIS_TLS_CERT_FILE."
+    )
+    redis_wait_replicas: int = Field(
+        default=0,
+        ge=0,
+        description="What HemoStat acknowledges to the outside (the Alertmanager webhook's 200, "
+        "an approval or denial) is first confirmed on this many replicas (Redis WAIT), so a "
+        "failover cannot lose it; when fewer confirm in time the webhook answers 503 and a "
+        "decision reports it. Costs one replica round trip per acknowledgement. 0: off.",
+    )
+    redis_wait_timeout_ms: int = Field(
+        default=1_000,
+        ge=1,
+        le=10_000,
+        description="How long an acknowledgement waits for HEMOSTAT_REDIS_WAIT_REPLICAS "
+        "(the most a slow or missing replica adds to it).",
     )
     docker_host: str | None = Field(
         default=None,
@@ -73,6 +143,44 @@ class CoreSettings(_Section):
     state_dir: Path = Field(
         default=Path(".state"), description="Local state for `hemostat run` (Redis data, logs)."
     )
+
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinel_addresses(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_addresses(value)
+        return value
+
+    @model_validator(mode="after")
+    def _redis_transport(self) -> Self:
+        url = self.redis_url.get_secret_value() if self.redis_url else DEFAULT_REDIS_URL
+        scheme = urlsplit(url).scheme
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("REDIS_URL must start with redis://, rediss:// (TLS) or unix://")
+        if self.redis_sentinels and scheme == "unix":
+            raise ValueError("HEMOSTAT_REDIS_SENTINELS needs a redis:// or rediss:// REDIS_URL")
+        files = {
+            "HEMOSTAT_REDIS_TLS_CA_FILE": self.redis_tls_ca_file,
+            "HEMOSTAT_REDIS_TLS_CERT_FILE": self.redis_tls_cert_file,
+            "HEMOSTAT_REDIS_TLS_KEY_FILE": self.redis_tls_key_file,
+        }
+        for name, path in files.items():
+            if path is None:
+                continue
+            # Refused here, not at connect time: a TLS setting that is silently unused, or a
+            # missing file, would otherwise look like "Redis unavailable" retried for ever.
+            if scheme != "rediss":
+                raise ValueError(f"{name} is set but REDIS_URL is not rediss:// (TLS)")
+            if not path.is_file():
+                raise ValueError(f"{name}: {path} is not a readable file")
+        if (self.redis_tls_cert_file is None) != (self.redis_tls_key_file is None):
+            raise ValueError(
+                "HEMOSTAT_REDIS_TLS_CERT_FILE and HEMOSTAT_REDIS_TLS_KEY_FILE go together"
+            )
+        return self
+
+    def redis_sentinel_addresses(self) -> list[tuple[str, int]]:
+        return parse_addresses(self.redis_sentinels) if self.redis_sentinels else []
 
 
 class BusSettings(_Section):

@@ -76,3 +76,54 @@ def test_env_example_loads_as_is(tmp_path):
     (tmp_path / ".env").write_text(source.read_text())
     s = load_settings()
     assert s.bus_concurrency == 16
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"HEMOSTAT_REDIS_SENTINELS": "s1:26379,s2"}, "HEMOSTAT_REDIS_SENTINELS: .*'s2' is not"),
+        ({"HEMOSTAT_REDIS_SENTINELS": "s1:99999"}, "is not host:port"),
+        ({"HEMOSTAT_REDIS_SENTINELS": ","}, "no sentinel address"),
+        (
+            {"HEMOSTAT_REDIS_SENTINELS": "s1:26379", "REDIS_URL": "unix:///run/redis.sock"},
+            "HEMOSTAT_REDIS_SENTINELS needs a redis:// or rediss://",
+        ),
+        ({"REDIS_URL": "http://r:6379"}, "REDIS_URL must start with"),
+        ({"HEMOSTAT_REDIS_TLS_CA_FILE": "ca.pem"}, "is set but REDIS_URL is not rediss://"),
+        (
+            {"HEMOSTAT_REDIS_TLS_CA_FILE": "missing.pem", "REDIS_URL": "rediss://r:6380"},
+            "HEMOSTAT_REDIS_TLS_CA_FILE: missing.pem is not a readable file",
+        ),
+        (
+            {"HEMOSTAT_REDIS_TLS_CERT_FILE": "ca.pem", "REDIS_URL": "rediss://r:6380"},
+            "HEMOSTAT_REDIS_TLS_CERT_FILE and HEMOSTAT_REDIS_TLS_KEY_FILE go together",
+        ),
+        ({"HEMOSTAT_REDIS_WAIT_TIMEOUT_MS": "0"}, "HEMOSTAT_REDIS_WAIT_TIMEOUT_MS"),
+        ({"HEMOSTAT_REDIS_WAIT_REPLICAS": "-1"}, "HEMOSTAT_REDIS_WAIT_REPLICAS"),
+    ],
+)
+def test_redis_transport_settings_that_cannot_work_are_refused(monkeypatch, tmp_path, env, message):
+    # A TLS file that is set but unused, or missing, would otherwise surface as "Redis
+    # unavailable" retried for ever.
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError, match=message):
+        load_settings()
+
+
+def test_sentinel_settings_and_their_password(monkeypatch, tmp_path):
+    (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
+    monkeypatch.setenv("REDIS_URL", "rediss://:data-pw-123456@ignored/0")
+    monkeypatch.setenv("HEMOSTAT_REDIS_SENTINELS", "10.0.0.1:26379, [fd00::2]:26379,s3:26380")
+    monkeypatch.setenv("HEMOSTAT_REDIS_SENTINEL_PASSWORD", "sentinel-pw-654321")
+    monkeypatch.setenv("HEMOSTAT_REDIS_TLS_CA_FILE", "ca.pem")
+    s = load_settings()
+    assert s.redis_sentinel_addresses() == [
+        ("10.0.0.1", 26379),
+        ("fd00::2", 26379),
+        ("s3", 26380),
+    ]
+    assert s.redis_sentinel_service == "mymaster"
+    assert sorted(s.secret_values()) == ["data-pw-123456", "sentinel-pw-654321"]
+    assert "sentinel-pw-654321" not in repr(s)

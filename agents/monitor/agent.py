@@ -23,6 +23,7 @@ from agents.monitor.intake import AlertmanagerIntake
 from agents.monitor.poller import Poller, latest_change
 from agents.monitor.publisher import AlertPublisher
 from agents.monitor.tracker import AlertDraft, MonitorPolicy, Tracker
+from shared.bus import Replication
 from shared.container_state import SNAPSHOT_INDEX, prune_index, record_death, write_snapshots
 from shared.containers import ContainerInfo, own_container_id
 from shared.docker_api import DockerGateway, connect_docker
@@ -87,13 +88,13 @@ class MonitorAgent(BaseAgent):
         )
         self.intake = AlertmanagerIntake(
             bus=self.bus,
-            redis=self.redis,
             tracker=self.tracker,
             redactor=self.redactor,
             source=self.source,
             host=s.host_name,
             clock=self.clock,
             log=self.log,
+            replication=Replication.from_settings(s),
         )
         self.events = DockerEventFollower(
             docker=docker,

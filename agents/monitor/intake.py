@@ -1,18 +1,17 @@
 """The Alertmanager intake: `POST /webhook/alertmanager` (v4 payloads) into health alerts.
 
 The whole payload is validated before anything is published; each alert is published once per
-(fingerprint, startsAt, status) with a key kept 7 days, so Alertmanager's re-sends publish
-nothing new; Redis trouble answers 503 so Alertmanager retries. Resolved alerts are
-resolutions and can never trigger remediation.
+(fingerprint, startsAt, status) with a marker key kept 7 days (written atomically with the event),
+so Alertmanager's re-sends publish nothing new; Redis trouble answers 503 so Alertmanager retries.
+With HEMOSTAT_REDIS_WAIT_REPLICAS the 200 also means "on that many replicas": otherwise 503 with
+the reason, and Alertmanager's retry asks again. Resolved alerts are resolutions and can never
+trigger remediation.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
-
-from redis.asyncio import Redis
 
 from agents.monitor.alertmanager import (
     ExternalAlert,
@@ -23,13 +22,12 @@ from agents.monitor.alertmanager import (
     parse_payload,
 )
 from agents.monitor.tracker import Tracker
-from shared.bus import Bus
+from shared.bus import Bus, Replication
 from shared.clock import Clock
-from shared.errors import BusUnavailable, ConfigError
+from shared.errors import BusUnavailable, ConfigError, NotReplicated
 from shared.events import HealthAlertEvent, Source, Subject, make_event
 from shared.log import Logger
 from shared.redaction import Redactor
-from shared.redis_client import CONNECTION_ERRORS
 
 __all__ = ["AlertmanagerIntake"]
 
@@ -43,16 +41,16 @@ class AlertmanagerIntake:
         self,
         *,
         bus: Bus,
-        redis: Redis,
         tracker: Tracker,
         redactor: Redactor,
         source: Source,
         host: str,
         clock: Clock,
         log: Logger,
+        replication: Replication | None = None,
     ) -> None:
         self.bus = bus
-        self.redis = redis
+        self.replication = replication
         self.tracker = tracker
         self.redactor = redactor
         self.source = source
@@ -88,20 +86,24 @@ class AlertmanagerIntake:
             return 400, {"error": f"invalid Alertmanager payload: {exc}"}
         published = duplicates = 0
         for external in (convert(alert) for alert in payload.alerts):
-            key = SEEN_PREFIX + external.dedup_key
             try:
-                first = await self.redis.set(key, "1", nx=True, ex=SEEN_TTL_S)
-            except CONNECTION_ERRORS as exc:
-                return 503, {"error": f"Redis unavailable: {exc}"}
-            if not first:
-                duplicates += 1
-                continue
-            try:
-                await self.bus.publish(self.event(external))
+                stream_id = await self.bus.publish_once(
+                    self.event(external),
+                    SEEN_PREFIX + external.dedup_key,
+                    SEEN_TTL_S,
+                    replication=self.replication,
+                )
             except BusUnavailable as exc:
-                await _forget(self.redis, key)
                 return 503, {"error": f"could not publish: {exc}"}
-            published += 1
+            except NotReplicated as exc:
+                # On the primary but not known to survive a failover: not acknowledged. The
+                # retry finds the marker and only asks the replicas again.
+                self.log.warning("monitor.webhook_not_replicated", reason=str(exc))
+                return 503, {"error": f"not replicated: {exc}; Alertmanager will retry"}
+            if stream_id is None:
+                duplicates += 1
+            else:
+                published += 1
         self.published += published
         self.log.info(
             "monitor.webhook_received",
@@ -152,9 +154,3 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-async def _forget(redis: Redis, key: str) -> None:
-    # If this fails too, the dedup key expires by itself (Alertmanager's retry may be dropped).
-    with contextlib.suppress(*CONNECTION_ERRORS):
-        await redis.delete(key)
