@@ -112,6 +112,10 @@ class BaseAgent:
     async def on_started(self) -> None:
         """Everything is running."""
 
+    async def on_stopping(self) -> None:
+        """Stop was asked: release what a loop blocks on outside the agent's own `sleep` (an
+        event stream), so the loops end now rather than at the grace period's end."""
+
     async def on_stop(self) -> None:
         """Loops stopped and in-flight handlers finished (or the grace period ran out)."""
 
@@ -215,6 +219,10 @@ class BaseAgent:
             self.stop()
             stop_waiter.cancel()
             self.log.info("agent.stopping")
+            # Others (the fleet's host watch, `hemostat check`) see it is going at once.
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await write_heartbeat(self.redis, self._heartbeat())
+            await self.on_stopping()
             # The consumer drains its in-flight handlers within the grace period; loops end on
             # the stop flag (their `sleep` returns), cancellation is the last resort.
             grace = self.settings.shutdown_grace_s
@@ -239,38 +247,52 @@ class BaseAgent:
             started = self.clock.monotonic()
             try:
                 await method()
-                failures = 0
                 if spec.interval is None:
                     return  # a background loop that returns has finished its work
             except asyncio.CancelledError:
                 raise
+            except CONNECTION_ERRORS as exc:  # an outage: said once per outage, not per tick
+                failures += 1
+                if failures == 1:
+                    self.log.warning("agent.loop_unavailable", loop=attr, error=str(exc))
             except Exception:  # loop boundary: log, back off, keep the agent alive
                 failures += 1
                 self.log.exception("agent.loop_failed", loop=attr, failures=failures)
-                if spec.interval is None:
-                    await self.sleep(backoff_delay(failures, base=0.5, cap=30.0))
-                    continue
-            if spec.interval is not None:
-                interval = spec.interval(self) if callable(spec.interval) else spec.interval
-                await self.sleep(max(0.0, interval - (self.clock.monotonic() - started)))
+            else:
+                if failures > 1:
+                    self.log.info("agent.loop_recovered", loop=attr, failures=failures)
+                failures = 0
+            await self.sleep(self._next_run_in(spec, started, failures))
+
+    def _next_run_in(self, spec: LoopSpec, started: float, failures: int) -> float:
+        """A loop's next run: its interval after a success, and a growing back-off (never
+        shorter than the interval) after consecutive failures."""
+        interval = 0.0
+        if spec.interval is not None:
+            interval = spec.interval(self) if callable(spec.interval) else spec.interval
+        if failures:
+            return max(interval, backoff_delay(failures, base=0.5, cap=5.0))
+        return max(0.0, interval - (self.clock.monotonic() - started))
+
+    def _heartbeat(self) -> Heartbeat:
+        assert self.started_at is not None
+        return Heartbeat(
+            agent=self.name,
+            instance=self.instance,
+            host=self.settings.host_name,
+            pid=os.getpid(),
+            version=__version__,
+            status=self.status,
+            started_at=self.started_at,
+            beat_at=self.clock.now(),
+            ttl_s=self.settings.heartbeat_ttl_s,
+            details=self.health_details(),
+        )
 
     async def _heartbeat_loop(self) -> None:
-        assert self.started_at is not None
         while True:
-            beat = Heartbeat(
-                agent=self.name,
-                instance=self.instance,
-                host=self.settings.host_name,
-                pid=os.getpid(),
-                version=__version__,
-                status=self.status,
-                started_at=self.started_at,
-                beat_at=self.clock.now(),
-                ttl_s=self.settings.heartbeat_ttl_s,
-                details=self.health_details(),
-            )
             try:
-                await write_heartbeat(self.redis, beat)
+                await write_heartbeat(self.redis, self._heartbeat())
             except CONNECTION_ERRORS as exc:
                 self.log.warning("agent.heartbeat_failed", error=str(exc))
             await asyncio.sleep(self.settings.heartbeat_interval_s)

@@ -191,15 +191,23 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             f"last seen {seen:.0f}s ago"
         )
     print(f"\nCONTAINERS ({len(snapshots)})")
-    columns = ("NAME", 28), ("STATE", 9), ("HEALTH", 10), ("CPU%", -6), ("MEM%", -6)
+    columns = (
+        ("HOST", 16),
+        ("NAME", 28),
+        ("STATE", 9),
+        ("HEALTH", 10),
+        ("CPU%", -6),
+        ("MEM%", -6),
+    )
     print("  " + " ".join(f"{n:>{-w}s}" if w < 0 else f"{n:{w}s}" for n, w in columns), end="")
     print(" RESTARTS  ALERTS")
-    for snap in sorted(snapshots, key=lambda s: s.name):
+    for snap in sorted(snapshots, key=lambda s: (s.host, s.name)):
         cpu = f"{snap.cpu_percent:.1f}" if snap.cpu_percent is not None else "-"
         mem = f"{snap.memory_percent:.1f}" if snap.memory_percent is not None else "-"
         watched = "" if snap.monitored else " (not monitored)"
         print(
-            f"  {snap.name[:28]:28s} {snap.state:9s} {snap.health or '-':10s} {cpu:>6s} {mem:>6s} "
+            f"  {(snap.host or '-')[:16]:16s} {snap.name[:28]:28s} {snap.state:9s} "
+            f"{snap.health or '-':10s} {cpu:>6s} {mem:>6s} "
             f"{snap.restart_count:>8d}  {','.join(snap.active_alerts) or '-'}{watched}"
         )
     print(f"\nPENDING APPROVALS ({len(pending)})")
@@ -307,7 +315,12 @@ def _cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     since = time.time() - args.since * 3600 if args.since else None
     with connect_sync(settings) as redis:
         records = audit.read(
-            redis, limit=args.limit, container=args.container, since=since, event=args.event
+            redis,
+            limit=args.limit,
+            container=args.container,
+            since=since,
+            event=args.event,
+            host=args.host,
         )
     if args.json:
         for record in records:
@@ -316,6 +329,8 @@ def _cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     for r in records:
         stamp = datetime.fromtimestamp(r.at, UTC).strftime("%Y-%m-%d %H:%M:%S")
         target = r.container_name or (r.container_id or "")[:12]
+        if r.host:
+            target = f"{r.host}/{target}"
         failed = [g.guard for g in r.guards if not g.passed]
         dry = " [dry-run]" if r.dry_run else ""
         print(
@@ -427,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="print the Responder's audit log, newest first")
     audit.add_argument("--container", help="name or id prefix")
+    audit.add_argument("--host", help="only this Docker host's records (fleet mode)")
     audit.add_argument(
         "--event", help="executed, dry_run, rejected, proposed, denied, expired, ..."
     )

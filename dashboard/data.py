@@ -497,6 +497,7 @@ def audit_log(
                 "time": datetime.fromtimestamp(r.at, UTC).strftime("%Y-%m-%d %H:%M:%S"),
                 "event": r.event,
                 "outcome": r.outcome,
+                "host": r.host or "-",
                 "container": r.container_name or (r.container_id or "")[:12],
                 "action": f"{r.action_type}:{r.action_id}",
                 "actor": r.actor,

@@ -34,6 +34,7 @@ class AuditRecord(Model):
     request_id: str | None = None
     incident_id: str | None = None
     proposal_id: str | None = None
+    host: str | None = None  # the Docker host of the container (fleet mode)
     container_id: str | None = None
     container_name: str | None = None
     runbook_id: str | None = None
@@ -79,6 +80,7 @@ def read(
     container: str | None = None,
     since: float | None = None,
     event: str | None = None,
+    host: str | None = None,
 ) -> list[AuditRecord]:
     """Newest first, filtered; reads in pages so filters see far enough back."""
     out: list[AuditRecord] = []
@@ -96,6 +98,8 @@ def read(
             if container and not _is_container(record, container):
                 continue
             if event and record.event != event:
+                continue
+            if host and record.host != host:
                 continue
             out.append(record)
             if len(out) >= limit:

@@ -68,7 +68,8 @@ def observe(beats: Iterable[Heartbeat], now: datetime) -> dict[str, Observed]:
     """Live edge agents per host (only hosts with at least one)."""
     counts: dict[str, list[int]] = {}
     for beat in beats:
-        if beat.agent in EDGE_AGENTS and beat.is_fresh(now):
+        # A stopping agent watches nothing any more: it counts as gone at once.
+        if beat.agent in EDGE_AGENTS and beat.is_fresh(now) and beat.status != "stopping":
             c = counts.setdefault(beat.host, [0, 0])
             c[EDGE_AGENTS.index(beat.agent)] += 1
     return {host: Observed(host=host, monitors=m, responders=r) for host, (m, r) in counts.items()}

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -195,3 +196,49 @@ async def test_heartbeat_of_a_killed_agent_expires(redis, redis_url, tmp_path, m
         proc.stderr.close()
     assert check(monkeypatch, redis_url, "echo") == 0, "the key lives until its TTL"
     await wait_until(lambda: check(monkeypatch, redis_url, "echo") == 1, timeout=5)
+
+
+class _Said:
+    """Stands in for an agent's logger: what it was told, in order."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def __getattr__(self, level: str) -> Any:
+        return lambda event, **kw: self.lines.append((level, event))
+
+
+async def test_a_loop_in_an_outage_backs_off_and_says_so_once_not_per_tick(redis_url):
+    """Seen failing before: a periodic loop retried every tick (0.25 s) and logged a traceback
+    each time while Redis was away (about 60 per Responder in 12 s)."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    agent = EchoAgent(settings=make_settings(redis_url), redis=None)
+    said = _Said()
+    agent.log = said  # type: ignore[assignment]
+    outage = iter([True] * 6 + [False] * 2)
+    waits: list[float] = []
+
+    async def tick() -> None:
+        if next(outage):
+            raise RedisConnectionError("Connection refused")
+
+    async def sleep(seconds: float) -> bool:
+        waits.append(seconds)
+        if len(waits) == 8:
+            agent.stop()
+        return not agent.stopping
+
+    tick.__hemostat_loop__ = type(agent).tick.__hemostat_loop__  # type: ignore[attr-defined]
+    agent.tick = tick  # type: ignore[method-assign]
+    agent.sleep = sleep  # type: ignore[method-assign]
+    await agent._run_loop("tick")
+    assert said.lines == [
+        ("warning", "agent.loop_unavailable"),
+        ("info", "agent.loop_recovered"),
+    ], "one line when it starts, one when it is over; no traceback per tick"
+    backoffs = waits[:6]
+    assert all(w >= 0.05 for w in backoffs), "never sooner than the loop's interval"
+    assert backoffs[-1] > 4 * backoffs[0], "consecutive failures wait longer and longer"
+    assert max(backoffs) <= 5 * 1.2, "capped, so the loop is back soon after Redis is"
+    assert waits[6] <= 0.05, "after a success: the interval again"

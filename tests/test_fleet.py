@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import redis as sync_redis
 
+from shared import audit
 from shared.clock import to_datetime
 from shared.events import (
     AlertKind,
@@ -101,7 +102,7 @@ def fleet(redis_service, tmp_path_factory, docker) -> Iterator[Fleet]:
         host_name="central",
         watch_label="fleet.test={}".format(SCOPE["fleet.test"]),
         env={
-            "HEMOSTAT_FLEET_HOST_GRACE_S": "2",
+            "HEMOSTAT_FLEET_HOST_GRACE_S": "5",
             "HEMOSTAT_FLEET_CHECK_INTERVAL_S": "0.5",
             "HEMOSTAT_RESPONDER_ORPHAN_DEADLINE_S": "4",
             "HEMOSTAT_ALERT_STORM_THRESHOLD": "0",
@@ -163,11 +164,19 @@ def test_a_crash_on_one_host_is_healed_there_and_the_same_name_elsewhere_is_unto
     assert all("host-b" in o.source.instance for o in done), "host-b's Responder published it"
     alerts = [e for e in events(r, Channel.HEALTH_ALERT) if e.subject.container_id == crashing.id]
     assert alerts and {a.subject.host for a in alerts} == {"host-b"}
+    # The audit names the host too: the same name on two hosts is two different containers.
+    on_b = audit.read(r, container="web", host="host-b")
+    assert on_b and {a.host for a in on_b} == {"host-b"}
+    assert audit.read(r, container="web", host="host-a") == []
 
 
-def test_an_edge_that_stops_is_escalated_and_cleared_when_it_is_back(fleet, r):
-    fleet.stop_edge("host-b")
+def test_an_edge_that_stops_is_escalated_once_and_cleared_when_it_is_back(fleet, r):
+    # Its Responder first, then its Monitor: one message for one edge going away (seen failing
+    # before: the Monitor took its whole grace period to stop, and looked alive meanwhile, so
+    # "no live Responder" went out first, then "no longer watched").
+    fleet.stop_edge("host-b", "responder", "monitor")
     wait(lambda: _host_escalations(r, "host-b", "host_unwatched"), 30, "host-b unwatched")
+    assert not _host_escalations(r, "host-b", "host_not_healed")
     [down] = _host_escalations(r, "host-b", "host_unwatched")
     assert "no longer watched" in down.payload.reason
     assert down.severity is Severity.CRITICAL

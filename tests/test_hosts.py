@@ -88,3 +88,11 @@ def test_a_new_host_first_seen_without_a_responder_is_told_after_the_grace_too()
 
 def test_an_unknown_host_with_no_agents_is_not_a_host():
     assert transition(None, None, "ghost", T, GRACE) == (None, None)
+
+
+def test_a_stopping_agent_no_longer_watches_its_host():
+    """Seen failing before: a Monitor that takes its grace period to stop kept its host
+    'watched' meanwhile, so stopping an edge was told twice (no Responder, then unwatched)."""
+    stopping = beat("monitor", "a").model_copy(update={"status": AgentStatus.STOPPING})
+    seen = observe([stopping, beat("responder", "a")], datetime.fromtimestamp(T, UTC))
+    assert seen["a"].state is HostState.UNWATCHED

@@ -124,6 +124,11 @@ class MonitorAgent(BaseAgent):
             )
             self.log.info("monitor.webhook_listening", port=port)
 
+    async def on_stopping(self) -> None:
+        # The event follower blocks on Docker's stream, not on the agent's sleep: release it now
+        # (a stop otherwise lasts the whole grace period while this Monitor still looks alive).
+        self.events.close()
+
     async def on_stop(self) -> None:
         self.events.close()
         await self.intake.stop()

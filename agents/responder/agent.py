@@ -1093,6 +1093,7 @@ class ResponderAgent(BaseAgent):
             request_id=request.id,
             incident_id=request.incident_id,
             proposal_id=proposal_id,
+            host=request.subject.host or None,
             container_id=container_id or None,
             container_name=container_name or None,
             runbook_id=p.runbook_id,
