@@ -32,6 +32,7 @@ from agents.alert.routing import parse_routes, route
 from agents.alert.store import AlertStore
 from agents.alert.storm import Noted, StormPolicy, StormStore, bundles, member_of
 from agents.base import BaseAgent, periodic
+from shared import keys
 from shared.clock import Clock
 from shared.errors import ConfigError
 from shared.events import Channel as BusChannel
@@ -40,8 +41,6 @@ from shared.log import Logger
 from shared.redaction import Redactor
 from shared.runbooks import Runbooks, load_runbooks
 from shared.settings import Settings, env_name
-
-SEEN_PREFIX = "hemostat:alert:seen:"
 
 
 class AlertAgent(BaseAgent):
@@ -152,7 +151,7 @@ class AlertAgent(BaseAgent):
     async def handle(self, event: Event) -> None:
         # Keyed by what the event means, not by its id: a producer that retried a publish sends
         # a new event with the same idempotency key, and people must hear about it once.
-        seen = SEEN_PREFIX + event.idempotency_key
+        seen = keys.ALERT_SEEN + event.idempotency_key
         if await self.redis.exists(seen):
             return  # a redelivery (or a retried publish) of an event already notified
         await self.store.remember(event)

@@ -18,6 +18,7 @@ from agents.analyzer.incidents import Attached, IncidentStore, subject_key
 from agents.analyzer.llm import LLMClient, ask, build_client, describe_client
 from agents.analyzer.rules import RuleDecision, decide
 from agents.base import BaseAgent, periodic
+from shared import keys
 from shared.docker_api import DockerGateway, connect_docker
 from shared.errors import LLMError
 from shared.events import (
@@ -47,7 +48,6 @@ from shared.redaction import Redactor
 from shared.runbooks import Runbook, Runbooks, load_runbooks
 from shared.settings import Settings
 
-CLAIM_PREFIX = "hemostat:analyzer:claim:"
 CLAIM_TTL_S = 86_400
 
 
@@ -77,7 +77,7 @@ class AnalyzerAgent(BaseAgent):
         self.diagnostics = diagnostics
         self.redactor = redactor or Redactor(self.settings.secret_values())
         self.incidents = IncidentStore(self.redis, self.settings.incident_idle_ttl_s)
-        self.claims = Claims(self.redis, CLAIM_PREFIX, CLAIM_TTL_S)
+        self.claims = Claims(self.redis, keys.ANALYZER_CLAIM, CLAIM_TTL_S)
         self.threshold = self.settings.analyzer_confidence_threshold
         self.hosts = HostStore(self.redis)
         self.counts = {"decisions": 0, "false_alarms": 0, "llm": 0, "llm_fallbacks": 0}

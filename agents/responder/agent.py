@@ -40,7 +40,7 @@ from agents.responder.core import (
 from agents.responder.executor import Executor, Prepared
 from agents.responder.fatigue import Answer, FatigueStore
 from agents.responder.store import GateRefused, RequestStore, ResponderState
-from shared import audit
+from shared import audit, keys
 from shared.actions import Action, ActionType
 from shared.approvals import ApprovalStore, Proposal, ProposalState
 from shared.backoff import backoff_delay
@@ -1140,7 +1140,7 @@ class ResponderAgent(BaseAgent):
             return
         if not record.flag("audited") and record.data.get("audit"):
             pipe = self.redis.pipeline(transaction=True)
-            pipe.xadd(audit.AUDIT_STREAM, {"record": record.data["audit"]})
+            pipe.xadd(keys.AUDIT, {"record": record.data["audit"]})
             pipe.hset(record_key, "audited", "1")
             await pipe.execute()
         event = parse_event(record.data["outcome"])
