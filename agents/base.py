@@ -25,6 +25,7 @@ from shared import __version__
 from shared.backoff import backoff_delay
 from shared.bus import Bus, Consumer
 from shared.clock import Clock, SystemClock
+from shared.errors import AgentCrashed
 from shared.events import Channel, Event, Source
 from shared.heartbeat import AgentStatus, Heartbeat, clear_heartbeat, write_heartbeat
 from shared.log import Logger, get_logger
@@ -55,10 +56,6 @@ def periodic(interval: Interval) -> Callable[[F], F]:
         return fn
 
     return mark
-
-
-class AgentCrashed(RuntimeError):
-    """A core task of the agent ended unexpectedly; the process should exit non-zero."""
 
 
 class BaseAgent:

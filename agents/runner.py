@@ -7,8 +7,8 @@ import asyncio
 import signal
 from typing import Protocol
 
-from agents.base import AgentCrashed
 from agents.registry import AgentFactory
+from shared.errors import AgentCrashed
 from shared.log import configure_logging, get_logger
 from shared.redaction import Redactor
 from shared.redis_client import connect

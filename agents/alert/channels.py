@@ -15,6 +15,7 @@ import httpx
 from agents.alert import message
 from agents.alert.message import Notification
 from shared.backoff import backoff_delay
+from shared.errors import NotificationError
 from shared.log import get_logger
 from shared.redaction import Redactor
 
@@ -41,7 +42,7 @@ class Limits:
     backoff_base_s: float = 0.5
 
 
-class _Retryable(Exception):
+class _Retryable(NotificationError):
     def __init__(self, detail: str, delay: float | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
@@ -99,7 +100,7 @@ class Channel:
         raise NotImplementedError
 
 
-class _Permanent(Exception):
+class _Permanent(NotificationError):
     """A failure retrying cannot fix (a 4xx other than 429: a wrong or revoked webhook)."""
 
 

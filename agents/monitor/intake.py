@@ -15,7 +15,6 @@ import ipaddress
 
 from agents.monitor.alertmanager import (
     ExternalAlert,
-    InvalidPayload,
     Response,
     WebhookServer,
     convert,
@@ -25,7 +24,7 @@ from agents.monitor.tracker import Tracker
 from shared import keys
 from shared.bus import Bus, Replication
 from shared.clock import Clock
-from shared.errors import BusUnavailable, ConfigError, NotReplicated
+from shared.errors import BusUnavailable, ConfigError, InvalidPayload, NotReplicated
 from shared.events import HealthAlertEvent, Source, Subject, make_event
 from shared.log import Logger
 from shared.redaction import Redactor

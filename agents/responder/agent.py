@@ -39,7 +39,7 @@ from agents.responder.core import (
 )
 from agents.responder.executor import Executor, Prepared
 from agents.responder.fatigue import Answer, FatigueStore
-from agents.responder.store import GateRefused, RequestStore, ResponderState
+from agents.responder.store import RequestStore, ResponderState
 from shared import audit, keys
 from shared.actions import Action, ActionType
 from shared.approvals import ApprovalStore, Proposal, ProposalState
@@ -48,7 +48,13 @@ from shared.bus import current_delivery
 from shared.clock import to_datetime
 from shared.containers import ContainerInfo, own_container_id
 from shared.docker_api import DockerGateway, connect_docker
-from shared.errors import ApprovalError, ContainerNotFound, DockerError, DockerUnavailable
+from shared.errors import (
+    ActionRejected,
+    ApprovalError,
+    ContainerNotFound,
+    DockerError,
+    DockerUnavailable,
+)
 from shared.events import (
     ApprovalDecisionEvent,
     ApprovalRequest,
@@ -549,8 +555,8 @@ class ResponderAgent(BaseAgent):
                 first_check_at=prepared.plan.deadline,  # issue() reschedules it sooner
                 restarting=action.type in (ActionType.RESTART, ActionType.START),
             )
-        except GateRefused as refused:
-            if refused.why == "lease_lost":
+        except ActionRejected as refused:
+            if refused.reason == "lease_lost":
                 await self._finish(
                     work,
                     verdict,
@@ -561,7 +567,7 @@ class ResponderAgent(BaseAgent):
                     action=action,
                 )
                 return False
-            self.log.warning("responder.gate_refused", request=work.request.id, why=refused.why)
+            self.log.warning("responder.gate_refused", request=work.request.id, why=refused.reason)
             return False
         work.timings["decide_ms"] = round((time.time() - work.received_at) * 1000, 1)
         task = asyncio.create_task(self._issue(work.record_key, action, info, prepared))
