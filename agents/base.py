@@ -33,6 +33,8 @@ from shared.redis_client import CONNECTION_ERRORS
 from shared.settings import Settings
 from shared.tasks import join_tasks
 
+__all__ = ["BaseAgent", "Interval", "LoopSpec", "background", "periodic"]
+
 F = TypeVar("F", bound=Callable[..., Awaitable[None]])
 Interval = float | Callable[[Any], float]
 

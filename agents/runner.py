@@ -14,6 +14,8 @@ from shared.redaction import Redactor
 from shared.redis_client import connect
 from shared.settings import Settings
 
+__all__ = ["Service", "run_agent", "run_service", "setup_logging"]
+
 log = get_logger(__name__)
 
 

@@ -16,6 +16,8 @@ from shared import keys
 from shared.model import Model
 from shared.redaction import Redactor
 
+__all__ = ["REASON_MAX", "AuditRecord", "GuardResult", "append", "read", "redact", "trim"]
+
 REASON_MAX = 2000
 _PATTERNS = Redactor()  # key names and token shapes, when the caller has no configured redactor
 

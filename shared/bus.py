@@ -54,6 +54,18 @@ from shared.redis_client import CONNECTION_ERRORS
 from shared.settings import Settings
 from shared.tasks import KeyedLocks, join_tasks
 
+__all__ = [
+    "Bus",
+    "Consumer",
+    "ConsumerStats",
+    "Delivery",
+    "Handler",
+    "PartitionKey",
+    "RawFields",
+    "Replication",
+    "current_delivery",
+]
+
 log = get_logger(__name__)
 
 

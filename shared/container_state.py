@@ -20,6 +20,17 @@ from redis.asyncio import Redis
 from shared import keys
 from shared.model import Model
 
+__all__ = [
+    "DEATHS_PREFIX",
+    "DEATHS_TTL_S",
+    "SAMPLES_MAXLEN",
+    "ContainerSnapshot",
+    "prune_index",
+    "read_snapshots",
+    "record_death",
+    "write_snapshots",
+]
+
 DEATHS_PREFIX = keys.DEATHS
 SAMPLES_MAXLEN = 240  # two hours at the default 30 s poll
 DEATHS_TTL_S = 86_400

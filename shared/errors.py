@@ -25,6 +25,26 @@ the original cause stays in the traceback.
 
 from __future__ import annotations
 
+__all__ = [
+    "ActionRejected",
+    "AgentCrashed",
+    "ApprovalError",
+    "BusError",
+    "BusUnavailable",
+    "ConfigError",
+    "ContainerNotFound",
+    "DockerError",
+    "DockerUnavailable",
+    "HemoStatError",
+    "InvalidEventError",
+    "InvalidPayload",
+    "LLMError",
+    "NotReplicated",
+    "NotificationError",
+    "RequestRefused",
+    "RunbookError",
+]
+
 
 class HemoStatError(Exception):
     """Base class of every error HemoStat raises on purpose."""

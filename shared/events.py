@@ -20,6 +20,45 @@ from shared.errors import InvalidEventError
 from shared.ids import new_id
 from shared.model import Model, describe_validation_error
 
+__all__ = [
+    "EVENT_CLASSES",
+    "SCHEMA_VERSION",
+    "AlertKind",
+    "AlertStatus",
+    "Analysis",
+    "AnalysisMethod",
+    "ApprovalDecision",
+    "ApprovalDecisionEvent",
+    "ApprovalRequest",
+    "ApprovalRequestEvent",
+    "Channel",
+    "Decision",
+    "Detector",
+    "Envelope",
+    "Escalation",
+    "EscalationEvent",
+    "Event",
+    "EventType",
+    "FalseAlarm",
+    "FalseAlarmEvent",
+    "HealthAlert",
+    "HealthAlertEvent",
+    "IncidentResolved",
+    "IncidentResolvedEvent",
+    "RemediationComplete",
+    "RemediationCompleteEvent",
+    "RemediationNeeded",
+    "RemediationNeededEvent",
+    "RemediationStatus",
+    "Severity",
+    "Source",
+    "Subject",
+    "dump_payload",
+    "encode_event",
+    "make_event",
+    "parse_event",
+]
+
 SCHEMA_VERSION: Literal[1] = 1
 
 

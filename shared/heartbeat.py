@@ -15,6 +15,16 @@ from redis.asyncio import Redis
 from shared import keys
 from shared.model import Model
 
+__all__ = [
+    "AgentStatus",
+    "Heartbeat",
+    "clear_heartbeat",
+    "heartbeat_key",
+    "live_heartbeats",
+    "read_heartbeats",
+    "write_heartbeat",
+]
+
 
 class AgentStatus(StrEnum):
     OK = "ok"

@@ -42,6 +42,15 @@ from shared.redaction import Redactor
 from shared.runbooks import Runbooks, load_runbooks
 from shared.settings import Settings, env_name
 
+__all__ = [
+    "AlertAgent",
+    "build",
+    "build_channels",
+    "build_interactions",
+    "button_platforms",
+    "chat_approval_problems",
+]
+
 
 class AlertAgent(BaseAgent):
     name = "alert"

@@ -19,6 +19,18 @@ from shared.errors import NotificationError
 from shared.log import get_logger
 from shared.redaction import Redactor
 
+__all__ = [
+    "AppriseChannel",
+    "Channel",
+    "Delivery",
+    "DiscordChannel",
+    "HttpChannel",
+    "Limits",
+    "NtfyChannel",
+    "SlackChannel",
+    "retry_after",
+]
+
 log = get_logger(__name__)
 
 

@@ -50,8 +50,11 @@ __all__ = [
     "DISCORD_PATH",
     "MAX_AGE_S",
     "SLACK_PATH",
+    "DiscordInteraction",
     "DiscordVerifier",
     "Interactions",
+    "Outcome",
+    "SlackClick",
     "SlackVerifier",
 ]
 

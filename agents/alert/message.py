@@ -27,6 +27,21 @@ from shared.redaction import Redactor
 if TYPE_CHECKING:
     from agents.alert.storm import StormView
 
+__all__ = [
+    "COLOR",
+    "HEAL_WINDOW_S",
+    "ICON",
+    "NTFY_PRIORITY",
+    "STORM_LIST_LIMIT",
+    "Notification",
+    "discord",
+    "ntfy",
+    "render",
+    "render_storm",
+    "slack",
+    "slack_escape",
+]
+
 ICON = {Severity.CRITICAL: "🔴", Severity.WARNING: "🟠", Severity.INFO: "🟢"}
 COLOR = {Severity.CRITICAL: 0xE01E5A, Severity.WARNING: 0xECB22E, Severity.INFO: 0x2EB67D}
 NTFY_PRIORITY = {Severity.CRITICAL: 5, Severity.WARNING: 4, Severity.INFO: 3}

@@ -20,6 +20,8 @@ from agents.alert.message import Notification
 from shared import keys
 from shared.events import Envelope
 
+__all__ = ["AlertStore"]
+
 # The window's end is a stored value compared with the caller's `now`, so replicas agree and a
 # test moves a clock instead of sleeping through the window.
 _ADMIT = """

@@ -48,6 +48,8 @@ from shared.redaction import Redactor
 from shared.runbooks import Runbook, Runbooks, load_runbooks
 from shared.settings import Settings
 
+__all__ = ["CLAIM_TTL_S", "AnalyzerAgent", "Decision", "build"]
+
 CLAIM_TTL_S = 86_400
 
 

@@ -20,6 +20,8 @@ from shared import keys
 from shared.events import Analysis, HealthAlertEvent
 from shared.ids import new_id
 
+__all__ = ["CLOSED_TTL_S", "Attached", "IncidentStore", "subject_key"]
+
 CLOSED_TTL_S = 7 * 86_400
 
 # The scripts name the incident keys of shared/keys.py (`@INCIDENT@`, `@INCIDENTS@`).

@@ -30,6 +30,8 @@ from shared.events import Channel, Envelope, Event
 from shared.redis_client import CONNECTION_ERRORS, connect_sync
 from shared.settings import Settings
 
+__all__ = ["MetricsAgent", "build", "build_registry"]
+
 
 def build_registry(
     sync_redis: SyncRedis, settings: Settings

@@ -22,6 +22,15 @@ from shared.heartbeat import AgentStatus, read_heartbeats
 from shared.hosts import HostRecord, HostState
 from shared.log import get_logger
 
+__all__ = [
+    "AGENTS",
+    "GROUPS",
+    "AgentCollector",
+    "ContainerCollector",
+    "HostCollector",
+    "StreamCollector",
+]
+
 log = get_logger(__name__)
 AGENTS = ("monitor", "analyzer", "responder", "alert", "metrics")
 GROUPS: dict[str, tuple[str, ...]] = {

@@ -25,6 +25,20 @@ from shared.events import AlertKind, AlertStatus, Detector, HealthAlert, Severit
 from shared.log import get_logger
 from shared.model import describe_validation_error
 
+__all__ = [
+    "MAX_BODY",
+    "WEBHOOK_PATH",
+    "AMAlert",
+    "AMPayload",
+    "ExternalAlert",
+    "Ingest",
+    "RateLimiter",
+    "Response",
+    "WebhookServer",
+    "convert",
+    "parse_payload",
+]
+
 log = get_logger(__name__)
 
 WEBHOOK_PATH = "/webhook/alertmanager"

@@ -29,7 +29,7 @@ from shared.events import HealthAlertEvent, Source, Subject, make_event
 from shared.log import Logger
 from shared.redaction import Redactor
 
-__all__ = ["AlertmanagerIntake"]
+__all__ = ["AlertmanagerIntake", "is_loopback"]
 
 SEEN_TTL_S = 7 * 86_400
 SUMMARY_MAX = 500  # an alert summary, cut after redaction

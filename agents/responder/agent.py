@@ -79,7 +79,7 @@ from shared.redis_client import CONNECTION_ERRORS
 from shared.runbooks import Runbooks, load_runbooks
 from shared.settings import Settings
 
-__all__ = ["ResponderAgent", "build"]
+__all__ = ["ResponderAgent", "Work", "build"]
 
 _ACTION: TypeAdapter[Action] = TypeAdapter(Action)
 # What a proposal becomes once its execution ends.
