@@ -17,13 +17,13 @@ import httpx
 from redis.asyncio import Redis
 
 from agents.alert.channels import (
-    AppriseChannel,
-    Channel,
+    AppriseNotifier,
     Delivery,
-    DiscordChannel,
+    DiscordNotifier,
     Limits,
-    NtfyChannel,
-    SlackChannel,
+    Notifier,
+    NtfyNotifier,
+    SlackNotifier,
 )
 from agents.alert.interactions import DiscordVerifier, Interactions, SlackVerifier
 from agents.alert.interactions_http import InteractionsServer
@@ -35,8 +35,7 @@ from agents.base import BaseAgent, periodic
 from shared import keys
 from shared.clock import Clock
 from shared.errors import ConfigError
-from shared.events import Channel as BusChannel
-from shared.events import Event, RemediationCompleteEvent, RemediationStatus, parse_event
+from shared.events import Channel, Event, RemediationCompleteEvent, RemediationStatus, parse_event
 from shared.log import Logger
 from shared.redaction import Redactor
 from shared.runbooks import Runbooks, load_runbooks
@@ -55,16 +54,16 @@ __all__ = [
 class AlertAgent(BaseAgent):
     name = "alert"
     consumes = (
-        BusChannel.REMEDIATION_COMPLETE,
-        BusChannel.FALSE_ALARM,
-        BusChannel.APPROVAL_REQUEST,
-        BusChannel.ESCALATION,
+        Channel.REMEDIATION_COMPLETE,
+        Channel.FALSE_ALARM,
+        Channel.APPROVAL_REQUEST,
+        Channel.ESCALATION,
     )
 
     def __init__(
         self,
         *,
-        channels: list[Channel],
+        channels: list[Notifier],
         runbooks: Runbooks | None = None,
         http: httpx.AsyncClient | None = None,
         **kw: Any,
@@ -337,7 +336,7 @@ def build_interactions(
 
 def build_channels(
     settings: Settings, http: httpx.AsyncClient, redactor: Redactor
-) -> list[Channel]:
+) -> list[Notifier]:
     limits = Limits(
         timeout_s=settings.alert_channel_timeout_s,
         max_attempts=settings.alert_max_attempts,
@@ -347,10 +346,10 @@ def build_channels(
         rest_s=settings.alert_channel_rest_s,
     )
     buttons = button_platforms(settings)
-    channels: list[Channel] = []
+    channels: list[Notifier] = []
     if settings.slack_webhook_url:
         channels.append(
-            SlackChannel(
+            SlackNotifier(
                 http,
                 settings.slack_webhook_url.get_secret_value(),
                 limits,
@@ -360,7 +359,7 @@ def build_channels(
         )
     if settings.discord_webhook_url:
         channels.append(
-            DiscordChannel(
+            DiscordNotifier(
                 http,
                 settings.discord_webhook_url.get_secret_value(),
                 limits,
@@ -374,7 +373,7 @@ def build_channels(
         if settings.ntfy_token:
             headers["Authorization"] = f"Bearer {settings.ntfy_token.get_secret_value()}"
         channels.append(
-            NtfyChannel(
+            NtfyNotifier(
                 http,
                 settings.ntfy_url.rstrip("/"),
                 limits,
@@ -387,7 +386,7 @@ def build_channels(
         urls = [u.strip() for u in settings.apprise_urls.get_secret_value().split(",") if u.strip()]
         if urls:
             try:
-                channels.append(AppriseChannel(urls, limits, redactor))
+                channels.append(AppriseNotifier(urls, limits, redactor))
             except ValueError as exc:
                 raise ConfigError(f"APPRISE_URLS: {exc}") from exc
     return channels
