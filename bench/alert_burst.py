@@ -53,7 +53,7 @@ def run() -> bool:
         r = sync_redis.Redis.from_url(server.url, decode_responses=True)
         try:
             deadline = time.monotonic() + 30
-            while not list(r.scan_iter("hemostat:heartbeat:alert:*")):
+            while not list(r.scan_iter(f"{keys.HEARTBEAT}alert:*")):
                 if time.monotonic() > deadline:
                     raise TimeoutError("alert agent did not start")
                 time.sleep(0.1)
