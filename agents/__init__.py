@@ -1,1 +1,3 @@
 """HemoStat's agents, all built on `agents.base.BaseAgent`."""
+
+__all__: list[str] = []

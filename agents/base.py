@@ -25,12 +25,15 @@ from shared import __version__
 from shared.backoff import backoff_delay
 from shared.bus import Bus, Consumer
 from shared.clock import Clock, SystemClock
+from shared.errors import AgentCrashed
 from shared.events import Channel, Event, Source
 from shared.heartbeat import AgentStatus, Heartbeat, clear_heartbeat, write_heartbeat
 from shared.log import Logger, get_logger
 from shared.redis_client import CONNECTION_ERRORS
 from shared.settings import Settings
 from shared.tasks import join_tasks
+
+__all__ = ["BaseAgent", "Interval", "LoopSpec", "background", "periodic"]
 
 F = TypeVar("F", bound=Callable[..., Awaitable[None]])
 Interval = float | Callable[[Any], float]
@@ -55,10 +58,6 @@ def periodic(interval: Interval) -> Callable[[F], F]:
         return fn
 
     return mark
-
-
-class AgentCrashed(RuntimeError):
-    """A core task of the agent ended unexpectedly; the process should exit non-zero."""
 
 
 class BaseAgent:

@@ -13,6 +13,8 @@ from shared.errors import HemoStatError
 from shared.heartbeat import AgentStatus, read_heartbeats
 from shared.settings import Settings, load_settings
 
+__all__ = ["build_parser", "main"]
+
 
 def _cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
     from agents.registry import load_factory

@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from agents.base import BaseAgent
     from shared.settings import Settings
 
+__all__ = ["AGENTS", "AgentFactory", "load_factory"]
+
 AgentFactory = Callable[["Settings", "Redis"], "BaseAgent"]
 
 # name -> "module:function" building the agent with its real collaborators.

@@ -7,12 +7,14 @@ import asyncio
 import signal
 from typing import Protocol
 
-from agents.base import AgentCrashed
 from agents.registry import AgentFactory
+from shared.errors import AgentCrashed
 from shared.log import configure_logging, get_logger
 from shared.redaction import Redactor
 from shared.redis_client import connect
 from shared.settings import Settings
+
+__all__ = ["Service", "run_agent", "run_service", "setup_logging"]
 
 log = get_logger(__name__)
 

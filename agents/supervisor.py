@@ -22,6 +22,8 @@ from shared.redis_client import describe
 from shared.redis_server import RedisServer
 from shared.settings import Settings
 
+__all__ = ["AGENT_ORDER", "DASHBOARD", "Child", "Supervisor", "run"]
+
 AGENT_ORDER = ("monitor", "analyzer", "responder", "alert", "metrics")
 DASHBOARD = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
 

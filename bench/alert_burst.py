@@ -13,8 +13,8 @@ from collections import Counter
 import redis as sync_redis
 from redis.asyncio import Redis
 
-from agents.alert.store import HISTORY, NOTIFICATIONS
 from bench.common import agent_env, header, private_redis
+from shared import keys
 from shared.bus import Bus
 from shared.events import RemediationStatus, Severity
 from tests.support import factories
@@ -53,7 +53,7 @@ def run() -> bool:
         r = sync_redis.Redis.from_url(server.url, decode_responses=True)
         try:
             deadline = time.monotonic() + 30
-            while not list(r.scan_iter("hemostat:heartbeat:alert:*")):
+            while not list(r.scan_iter(f"{keys.HEARTBEAT}alert:*")):
                 if time.monotonic() > deadline:
                     raise TimeoutError("alert agent did not start")
                 time.sleep(0.1)
@@ -62,13 +62,13 @@ def run() -> bool:
             asyncio.run(_publish(server.url, batch))
             # 3 deliveries per delivered event, one "deduplicated" row per suppressed event
             expected_rows = 3 * (CONTAINERS + APPROVALS) + (EVENTS - CONTAINERS - APPROVALS)
-            while r.xlen(HISTORY) < EVENTS or r.xlen(NOTIFICATIONS) < expected_rows:
+            while r.xlen(keys.HISTORY) < EVENTS or r.xlen(keys.NOTIFICATIONS) < expected_rows:
                 if time.perf_counter() - started > 300:
                     break
                 time.sleep(0.02)
             elapsed = time.perf_counter() - started
-            rows = [f for _, f in r.xrange(NOTIFICATIONS)]
-            history = r.xlen(HISTORY)
+            rows = [f for _, f in r.xrange(keys.NOTIFICATIONS)]
+            history = r.xlen(keys.HISTORY)
         finally:
             proc.terminate()
             proc.wait(30)

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from agents.analyzer.agent import AnalyzerAgent
 from bench.common import agent_env, header, percentile, private_redis, summary_ms, verdict
+from shared import keys
 from shared.bus import Bus
 from shared.events import AlertKind, Channel, parse_event
 from shared.runbooks import load_runbooks
@@ -64,7 +65,7 @@ def end_to_end(url: str, n: int = 500) -> list[float]:
     )
     try:
         deadline = time.monotonic() + 30
-        while not list(r.scan_iter("hemostat:heartbeat:analyzer:*")):
+        while not list(r.scan_iter(f"{keys.HEARTBEAT}analyzer:*")):
             if time.monotonic() > deadline:
                 raise TimeoutError("analyzer did not start")
             time.sleep(0.1)

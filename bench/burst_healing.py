@@ -33,6 +33,7 @@ from bench.common import (
     summary_ms,
     verdict,
 )
+from shared import keys
 from tests.support.services import ensure_test_image
 
 COUNT = 30
@@ -130,7 +131,7 @@ def run() -> bool:
         r = sync_redis.Redis.from_url(server.url, decode_responses=True)
         try:
             deadline = time.monotonic() + 30
-            while len(list(r.scan_iter("hemostat:heartbeat:*"))) < 3:
+            while len(list(r.scan_iter(f"{keys.HEARTBEAT}*"))) < 3:
                 if time.monotonic() > deadline:
                     raise TimeoutError("agents did not start")
                 time.sleep(0.2)

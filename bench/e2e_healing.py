@@ -35,6 +35,7 @@ from bench.common import (
     summary_ms,
     verdict,
 )
+from shared import keys
 from tests.support.services import ensure_test_image
 
 TRIALS = 30
@@ -163,7 +164,7 @@ def run() -> bool:
         r = sync_redis.Redis.from_url(server.url, decode_responses=True)
         try:
             deadline = time.monotonic() + 30
-            while len(list(r.scan_iter("hemostat:heartbeat:*"))) < 5:
+            while len(list(r.scan_iter(f"{keys.HEARTBEAT}*"))) < 5:
                 if time.monotonic() > deadline:
                     raise TimeoutError("agents did not start")
                 time.sleep(0.2)

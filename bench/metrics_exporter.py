@@ -14,6 +14,7 @@ import redis as sync_redis
 from redis.asyncio import Redis
 
 from bench.common import agent_env, header, percentile, private_redis, verdict
+from shared import keys
 from shared.bus import Bus
 from shared.container_state import ContainerSnapshot, write_snapshots
 from shared.events import Channel, RemediationStatus, Severity
@@ -70,7 +71,7 @@ def run() -> bool:
         try:
             deadline = time.monotonic() + 30
             while not r.exists(Channel.REMEDIATION_COMPLETE) or not list(
-                r.scan_iter("hemostat:heartbeat:metrics:*")
+                r.scan_iter(f"{keys.HEARTBEAT}metrics:*")
             ):
                 if time.monotonic() > deadline:
                     raise TimeoutError("exporter did not start")

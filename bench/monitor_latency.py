@@ -21,6 +21,7 @@ from bench.common import (
     summary_ms,
     verdict,
 )
+from shared import keys
 from shared.events import Channel, parse_event
 from tests.support.services import ensure_test_image
 
@@ -103,7 +104,7 @@ def _await_alert(r: sync_redis.Redis, container_id: str, last_id: str) -> tuple[
 def _wait_heartbeat(r: sync_redis.Redis) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        if list(r.scan_iter("hemostat:heartbeat:monitor:*")):
+        if list(r.scan_iter(f"{keys.HEARTBEAT}monitor:*")):
             time.sleep(1.0)  # let it subscribe to the event stream
             return
         time.sleep(0.1)

@@ -25,6 +25,7 @@ from bench.common import (
     summary_ms,
     verdict,
 )
+from shared import keys
 from shared.bus import Bus
 from shared.clock import to_datetime
 from shared.events import (
@@ -97,7 +98,7 @@ def run() -> bool:
         r = sync_redis.Redis.from_url(server.url, decode_responses=True)
         try:
             deadline = time.monotonic() + 30
-            while not list(r.scan_iter("hemostat:heartbeat:responder:*")):
+            while not list(r.scan_iter(f"{keys.HEARTBEAT}responder:*")):
                 if time.monotonic() > deadline:
                     raise TimeoutError("responder did not start")
                 time.sleep(0.1)
@@ -142,7 +143,7 @@ def run() -> bool:
 def _await_outcome(r: sync_redis.Redis, request_id: str) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        for _, fields in r.xrevrange("hemostat:remediation_complete", count=5):
+        for _, fields in r.xrevrange(keys.REMEDIATION_COMPLETE, count=5):
             if request_id in fields["event"]:
                 return
         time.sleep(0.05)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from redis import Redis
 
+from shared import keys
 from shared.settings import Settings
 
 __all__ = ["Access", "access", "hash_password", "locked_for", "sign_in", "verify_hash"]
@@ -30,8 +31,6 @@ __all__ = ["Access", "access", "hash_password", "locked_for", "sign_in", "verify
 LIMIT = 5
 WINDOW_S = 300.0
 ITERATIONS = 600_000  # PBKDF2-SHA256, OWASP's 2023 figure
-FAILURES_PREFIX = "hemostat:dashboard:failures:"
-LOCKED_PREFIX = "hemostat:dashboard:locked:"
 
 
 @dataclass(frozen=True)
@@ -100,7 +99,7 @@ def verify_hash(password: str, hashed: str) -> bool:
 
 def locked_for(redis: Redis, user: str, now: float | None = None) -> float:
     """Seconds this user name stays locked after too many failed sign-ins (0: not locked)."""
-    until = float(redis.get(LOCKED_PREFIX + user) or 0)
+    until = float(redis.get(keys.DASHBOARD_LOCKED + user) or 0)
     return max(0.0, until - (now or time.time()))
 
 
@@ -123,12 +122,12 @@ def sign_in(
         verify_hash(password, hash_password("x", b"0" * 16))
         ok = False
     if ok:
-        redis.delete(FAILURES_PREFIX + user)
+        redis.delete(keys.DASHBOARD_FAILURES + user)
         return user
-    key = FAILURES_PREFIX + user
+    key = keys.DASHBOARD_FAILURES + user
     failures = int(redis.incr(key))
     redis.expire(key, int(WINDOW_S))
     if failures >= LIMIT:
-        redis.set(LOCKED_PREFIX + user, f"{at + WINDOW_S:.3f}", ex=int(WINDOW_S) + 60)
+        redis.set(keys.DASHBOARD_LOCKED + user, f"{at + WINDOW_S:.3f}", ex=int(WINDOW_S) + 60)
         redis.delete(key)
     return None

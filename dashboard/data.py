@@ -16,14 +16,13 @@ from redis import Redis
 from redis.client import NEVER_DECODE
 from redis.exceptions import ResponseError
 
-from shared import audit
+from shared import audit, keys
 from shared.approvals import INDEX as PROPOSALS_INDEX
 from shared.approvals import PENDING, PROPOSAL_PREFIX, Proposal, ProposalState, decide
 from shared.bus import Replication
-from shared.container_state import SAMPLES_PREFIX, ContainerSnapshot, read_snapshots
+from shared.container_state import ContainerSnapshot, read_snapshots
 from shared.errors import InvalidEventError
 from shared.events import (
-    DEAD_LETTER_STREAM,
     Channel,
     Decision,
     Envelope,
@@ -36,9 +35,6 @@ from shared.redaction import Redactor
 from shared.redis_client import connect
 from shared.settings import Settings
 
-INCIDENTS_INDEX = "hemostat:incidents"
-INCIDENT_PREFIX = "hemostat:incident:"
-NOTIFICATIONS = "hemostat:notifications"
 AGENTS = ("monitor", "analyzer", "responder", "alert", "metrics")
 SCAN = 2000  # newest entries read per stream when searching a timeline or a feed
 
@@ -192,7 +188,7 @@ def samples(
     """Recent CPU/memory samples per container, oldest first, for the charts."""
     out: dict[str, list[dict[str, float]]] = {}
     for container_id in container_ids:
-        entries: Any = redis.xrevrange(SAMPLES_PREFIX + container_id, count=points)
+        entries: Any = redis.xrevrange(keys.SAMPLES + container_id, count=points)
         rows = []
         for _, fields in reversed(entries):
             row = {k: float(v) for k, v in fields.items() if k in ("t", "cpu", "mem")}
@@ -206,18 +202,18 @@ def samples(
 
 
 def open_incident_ids(redis: Redis) -> list[str]:
-    ids: Any = redis.zrevrange(INCIDENTS_INDEX, 0, 1000)
+    ids: Any = redis.zrevrange(keys.INCIDENTS, 0, 1000)
     pipe = redis.pipeline(transaction=False)
     for incident_id in ids:
-        pipe.hget(INCIDENT_PREFIX + incident_id, "status")
+        pipe.hget(keys.INCIDENT + incident_id, "status")
     return [i for i, status in zip(ids, pipe.execute(), strict=True) if status == "open"]
 
 
 def incidents(redis: Redis, limit: int = 100) -> list[dict[str, Any]]:
-    ids: Any = redis.zrevrange(INCIDENTS_INDEX, 0, limit - 1)
+    ids: Any = redis.zrevrange(keys.INCIDENTS, 0, limit - 1)
     pipe = redis.pipeline(transaction=False)
     for incident_id in ids:
-        pipe.hgetall(INCIDENT_PREFIX + incident_id)
+        pipe.hgetall(keys.INCIDENT + incident_id)
     out = []
     for data in pipe.execute():
         if not data:
@@ -340,7 +336,7 @@ def incident_timeline(redis: Redis, incident_id: str) -> list[TimelineEntry]:
                 entries.append(
                     TimelineEntry(e.emitted_at, stage, f"escalation: {p.guard}", p.reason)
                 )
-    notes: Any = redis.xrevrange(NOTIFICATIONS, count=SCAN)
+    notes: Any = redis.xrevrange(keys.NOTIFICATIONS, count=SCAN)
     for entry_id, fields in notes:
         if fields.get("event_id") in related:
             at = datetime.fromtimestamp(int(entry_id.split("-")[0]) / 1000, UTC)
@@ -530,7 +526,7 @@ def agent_health(
                     "consumers": g.get("consumers") or 0,
                 }
             )
-    dead: Any = redis.xrevrange(DEAD_LETTER_STREAM, count=50)
+    dead: Any = redis.xrevrange(keys.DEAD_LETTER, count=50)
     letters = [
         {
             "time": datetime.fromtimestamp(int(i.split("-")[0]) / 1000, UTC).strftime(

@@ -10,6 +10,28 @@ from pydantic import Field, model_validator
 
 from shared.model import Model
 
+__all__ = [
+    "Action",
+    "ActionGuards",
+    "ActionType",
+    "Approval",
+    "CleanupAction",
+    "CleanupParams",
+    "ExecAction",
+    "ExecParams",
+    "NoParams",
+    "NoneAction",
+    "RestartAction",
+    "RestartParams",
+    "Risk",
+    "ScaleAction",
+    "ScaleParams",
+    "StartAction",
+    "StopAction",
+    "StopParams",
+    "Verify",
+]
+
 
 class ActionType(StrEnum):
     RESTART = "restart"

@@ -47,6 +47,18 @@ from shared.events import (
 )
 from shared.model import Model
 
+__all__ = [
+    "DECIDED_TTL_S",
+    "INDEX",
+    "PENDING",
+    "PROPOSAL_PREFIX",
+    "TERMINAL",
+    "ApprovalStore",
+    "Proposal",
+    "ProposalState",
+    "decide",
+]
+
 PROPOSAL_PREFIX = keys.PROPOSAL
 INDEX = keys.PROPOSALS
 PENDING = keys.PROPOSALS_PENDING

@@ -12,10 +12,12 @@ from pydantic import Field
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
+from shared import keys
 from shared.model import Model
 from shared.redaction import Redactor
 
-AUDIT_STREAM = "hemostat:audit"
+__all__ = ["REASON_MAX", "AuditRecord", "GuardResult", "append", "read", "redact", "trim"]
+
 REASON_MAX = 2000
 _PATTERNS = Redactor()  # key names and token shapes, when the caller has no configured redactor
 
@@ -62,14 +64,14 @@ async def append(redis: Redis, record: AuditRecord, redactor: Redactor | None = 
     """Append the redacted record; pass the caller's redactor so configured secrets and the
     container's environment values are masked too, not only recognisable shapes."""
     record = redact(record, redactor)
-    entry_id = await redis.xadd(AUDIT_STREAM, {"record": record.model_dump_json()})
+    entry_id = await redis.xadd(keys.AUDIT, {"record": record.model_dump_json()})
     return str(entry_id)
 
 
 async def trim(redis: Redis, retention_days: float, now: float | None = None) -> int:
     """Drop records older than the retention period (by entry id time)."""
     cutoff_ms = int(((now or time.time()) - retention_days * 86_400) * 1000)
-    removed: int = await redis.xtrim(AUDIT_STREAM, minid=f"{cutoff_ms}-0", approximate=False)
+    removed: int = await redis.xtrim(keys.AUDIT, minid=f"{cutoff_ms}-0", approximate=False)
     return removed
 
 
@@ -87,7 +89,7 @@ def read(
     end = "+"
     start = f"{int(since * 1000)}-0" if since else "-"
     while len(out) < limit:
-        page: Any = redis.xrevrange(AUDIT_STREAM, max=end, min=start, count=500)
+        page: Any = redis.xrevrange(keys.AUDIT, max=end, min=start, count=500)
         if not page:
             break
         for _, fields in page:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
+__all__ = ["backoff_delay"]
+
 
 def backoff_delay(
     attempt: int,

@@ -45,13 +45,26 @@ from redis.asyncio import Redis
 from redis.client import NEVER_DECODE
 from redis.exceptions import NoScriptError, ResponseError
 
+from shared import keys
 from shared.backoff import backoff_delay
 from shared.errors import BusUnavailable, InvalidEventError, NotReplicated
-from shared.events import DEAD_LETTER_STREAM, Envelope, Event, encode_event, parse_event
+from shared.events import Envelope, Event, encode_event, parse_event
 from shared.log import get_logger
 from shared.redis_client import CONNECTION_ERRORS
 from shared.settings import Settings
 from shared.tasks import KeyedLocks, join_tasks
+
+__all__ = [
+    "Bus",
+    "Consumer",
+    "ConsumerStats",
+    "Delivery",
+    "Handler",
+    "PartitionKey",
+    "RawFields",
+    "Replication",
+    "current_delivery",
+]
 
 log = get_logger(__name__)
 
@@ -376,10 +389,10 @@ class Bus:
             "truncated": "true" if truncated else "false",
         }
         share = len(excerpt.encode()) > _SHARE_EXCERPT_OVER
-        marker = f"{DEAD_LETTER_STREAM}:excerpt:{digest}"
+        marker = f"{keys.DEAD_LETTER}:excerpt:{digest}"
         args = [self.dead_letter_maxlen, group, message_id, _EXCERPT_MARKER_TTL_MS, int(share)]
         args += [excerpt, *(item for pair in fields.items() for item in pair)]
-        letter_id = await _DEAD_LETTER(self.redis, [DEAD_LETTER_STREAM, channel, marker], args)
+        letter_id = await _DEAD_LETTER(self.redis, [keys.DEAD_LETTER, channel, marker], args)
         return _text(letter_id)
 
     async def _retrying(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:

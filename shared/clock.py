@@ -6,6 +6,8 @@ import time
 from datetime import UTC, datetime
 from typing import Protocol
 
+__all__ = ["Clock", "ManualClock", "SystemClock", "to_datetime"]
+
 
 class Clock(Protocol):
     def now(self) -> datetime:

@@ -20,9 +20,17 @@ from redis.asyncio import Redis
 from shared import keys
 from shared.model import Model
 
-SNAPSHOT_PREFIX = "hemostat:container:"
-SNAPSHOT_INDEX = "hemostat:containers"
-SAMPLES_PREFIX = "hemostat:samples:"
+__all__ = [
+    "DEATHS_PREFIX",
+    "DEATHS_TTL_S",
+    "SAMPLES_MAXLEN",
+    "ContainerSnapshot",
+    "prune_index",
+    "read_snapshots",
+    "record_death",
+    "write_snapshots",
+]
+
 DEATHS_PREFIX = keys.DEATHS
 SAMPLES_MAXLEN = 240  # two hours at the default 30 s poll
 DEATHS_TTL_S = 86_400
@@ -84,11 +92,11 @@ async def write_snapshots(redis: Redis, snapshots: list[ContainerSnapshot], ttl_
         return
     pipe = redis.pipeline(transaction=False)
     for snap in snapshots:
-        key = SNAPSHOT_PREFIX + snap.id
+        key = keys.CONTAINER + snap.id
         pipe.delete(key)  # fields that became empty must not linger
         pipe.hset(key, mapping=snap.to_hash())  # type: ignore[arg-type]
         pipe.expire(key, int(ttl_s))
-        pipe.zadd(SNAPSHOT_INDEX, {snap.id: snap.updated_at})
+        pipe.zadd(keys.CONTAINERS, {snap.id: snap.updated_at})
         if snap.monitored and snap.state == "running":
             sample = {
                 k: str(v)
@@ -100,23 +108,23 @@ async def write_snapshots(redis: Redis, snapshots: list[ContainerSnapshot], ttl_
                 )
                 if v is not None
             }
-            pipe.xadd(SAMPLES_PREFIX + snap.id, sample, maxlen=SAMPLES_MAXLEN, approximate=True)  # type: ignore[arg-type]
-            pipe.expire(SAMPLES_PREFIX + snap.id, int(max(ttl_s, 3600)))
+            pipe.xadd(keys.SAMPLES + snap.id, sample, maxlen=SAMPLES_MAXLEN, approximate=True)  # type: ignore[arg-type]
+            pipe.expire(keys.SAMPLES + snap.id, int(max(ttl_s, 3600)))
     await pipe.execute()
 
 
 async def prune_index(redis: Redis, older_than: float) -> None:
-    await redis.zremrangebyscore(SNAPSHOT_INDEX, "-inf", older_than)
+    await redis.zremrangebyscore(keys.CONTAINERS, "-inf", older_than)
 
 
 def read_snapshots(redis: SyncRedis, now: float, max_age_s: float) -> list[ContainerSnapshot]:
     """Snapshots updated within `max_age_s` (a stopped Monitor's data ages out)."""
-    ids = redis.zrangebyscore(SNAPSHOT_INDEX, now - max_age_s, "+inf")
+    ids = redis.zrangebyscore(keys.CONTAINERS, now - max_age_s, "+inf")
     if not ids:
         return []
     pipe = redis.pipeline(transaction=False)
     for container_id in ids:
-        pipe.hgetall(SNAPSHOT_PREFIX + str(container_id))
+        pipe.hgetall(keys.CONTAINER + str(container_id))
     out = []
     for data in pipe.execute():
         if data:

@@ -10,6 +10,25 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+__all__ = [
+    "COMPOSE_PROJECT",
+    "COMPOSE_SERVICE",
+    "LABEL_CLONE_OF",
+    "LABEL_CPU_THRESHOLD",
+    "LABEL_MEMORY_THRESHOLD",
+    "LABEL_MONITOR",
+    "LABEL_PROTECT",
+    "LABEL_REMEDIATE",
+    "LABEL_STACK",
+    "SWARM_SERVICE",
+    "ContainerInfo",
+    "env_secret_values",
+    "matches_label",
+    "own_container_id",
+    "parse_inspect",
+    "parse_time",
+]
+
 LABEL_MONITOR = "hemostat.monitor"  # "false": never watched
 LABEL_REMEDIATE = "hemostat.remediate"  # "true": HemoStat may act on it (unless scope is all)
 LABEL_PROTECT = "hemostat.protect"  # "true": never touched, whatever else says

@@ -24,6 +24,8 @@ from shared.containers import LABEL_CLONE_OF, ContainerInfo, parse_inspect
 from shared.errors import ContainerNotFound, DockerError, DockerUnavailable
 from shared.settings import Settings
 
+__all__ = ["DockerGateway", "EventStream", "connect_docker"]
+
 T = TypeVar("T")
 
 

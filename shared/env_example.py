@@ -12,6 +12,8 @@ from pydantic_core import PydanticUndefined
 
 from shared.settings import SECTIONS, env_name
 
+__all__ = ["COMPOSE_ONLY", "render"]
+
 # Variables read by docker compose only (not by the agents), documented alongside.
 COMPOSE_ONLY: list[tuple[str, str, str]] = [
     ("REDIS_PASSWORD", "change-me-redis-password", "Redis password of the stack (change it)."),

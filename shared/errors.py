@@ -8,6 +8,7 @@ the original cause stays in the traceback.
     ├── ConfigError            settings or a file the operator wrote is invalid
     │   └── RunbookError       a runbook failed validation (file, field, reason)
     ├── InvalidEventError      bytes on a channel are not a valid event envelope
+    ├── InvalidPayload         a webhook body (Alertmanager's) is not a valid payload
     ├── BusError               the event bus could not do what was asked
     │   ├── BusUnavailable     Redis is unreachable (after bounded retries)
     │   └── NotReplicated      a write is on the primary but too few replicas confirmed it (WAIT)
@@ -15,13 +16,34 @@ the original cause stays in the traceback.
     │   ├── DockerUnavailable  the daemon cannot be reached
     │   └── ContainerNotFound  the target container does not exist
     ├── LLMError               the LLM gave no usable answer (the rules decision stands)
-    ├── ActionRejected         a remediation was refused by a guard or the action policy
+    ├── ActionRejected         the Responder's gate refused to book an action (lease, claim, phase)
     ├── ApprovalError          an approval decision could not be applied (expired, decided, ...)
-    ├── NotificationError      a notification channel failed after its retries
-    └── RequestRefused         the Docker socket proxy refused a request (HTTP status, rule)
+    ├── NotificationError      a notification channel's send failed (its delivery says how)
+    ├── RequestRefused         an HTTP server of ours refused a request (HTTP status, rule)
+    └── AgentCrashed           a core task of an agent ended; the process exits non-zero
 """
 
 from __future__ import annotations
+
+__all__ = [
+    "ActionRejected",
+    "AgentCrashed",
+    "ApprovalError",
+    "BusError",
+    "BusUnavailable",
+    "ConfigError",
+    "ContainerNotFound",
+    "DockerError",
+    "DockerUnavailable",
+    "HemoStatError",
+    "InvalidEventError",
+    "InvalidPayload",
+    "LLMError",
+    "NotReplicated",
+    "NotificationError",
+    "RequestRefused",
+    "RunbookError",
+]
 
 
 class HemoStatError(Exception):
@@ -38,6 +60,10 @@ class RunbookError(ConfigError):
 
 class InvalidEventError(HemoStatError):
     """Bytes read from a channel are not a valid event (bad JSON or envelope/payload mismatch)."""
+
+
+class InvalidPayload(HemoStatError):
+    """A webhook's request body is not a valid payload (the Alertmanager v4 webhook's)."""
 
 
 class BusError(HemoStatError):
@@ -80,7 +106,8 @@ class LLMError(HemoStatError):
 
 
 class ActionRejected(HemoStatError):
-    """A remediation was refused; ``guard`` names the guard or policy that refused it."""
+    """An action was refused at the last moment; ``guard`` names what refused it (the Responder's
+    gate: ``reason`` is lease_lost, claim_lost or phase_<x>)."""
 
     def __init__(self, guard: str, reason: str) -> None:
         super().__init__(f"{guard}: {reason}")
@@ -93,16 +120,22 @@ class ApprovalError(HemoStatError):
 
 
 class NotificationError(HemoStatError):
-    """A notification channel failed after its retries."""
+    """A notification channel's send failed; the channel retries what can be retried and records
+    the rest as a failed delivery, so it never reaches the agent."""
 
 
 class RequestRefused(HemoStatError):
-    """The Docker socket proxy refused a request: ``status`` is the HTTP answer (400 malformed,
-    403 outside the policy, 408 too slow, 413 too large, 431 head too large, 503 too many
-    connections), ``rule`` names the rule or check that refused it."""
+    """An HTTP server of ours (the Docker socket proxy, the chat interactions endpoint) refused a
+    request: ``status`` is the HTTP answer (400 malformed, 403 outside the policy, 408 too slow,
+    411 no length, 413 too large, 431 head too large, 503 too many connections), ``rule`` names
+    the rule or check that refused it."""
 
     def __init__(self, status: int, rule: str, reason: str) -> None:
         super().__init__(f"{rule}: {reason}")
         self.status = status
         self.rule = rule
         self.reason = reason
+
+
+class AgentCrashed(HemoStatError):
+    """A core task of the agent ended unexpectedly; the process should exit non-zero."""

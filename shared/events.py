@@ -14,25 +14,65 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AwareDatetime, Field, TypeAdapter, ValidationError
 
+from shared import keys
 from shared.actions import Action, ActionType
 from shared.errors import InvalidEventError
 from shared.ids import new_id
 from shared.model import Model, describe_validation_error
 
+__all__ = [
+    "EVENT_CLASSES",
+    "SCHEMA_VERSION",
+    "AlertKind",
+    "AlertStatus",
+    "Analysis",
+    "AnalysisMethod",
+    "ApprovalDecision",
+    "ApprovalDecisionEvent",
+    "ApprovalRequest",
+    "ApprovalRequestEvent",
+    "Channel",
+    "Decision",
+    "Detector",
+    "Envelope",
+    "Escalation",
+    "EscalationEvent",
+    "Event",
+    "EventType",
+    "FalseAlarm",
+    "FalseAlarmEvent",
+    "HealthAlert",
+    "HealthAlertEvent",
+    "IncidentResolved",
+    "IncidentResolvedEvent",
+    "RemediationComplete",
+    "RemediationCompleteEvent",
+    "RemediationNeeded",
+    "RemediationNeededEvent",
+    "RemediationStatus",
+    "Severity",
+    "Source",
+    "Subject",
+    "dump_payload",
+    "encode_event",
+    "make_event",
+    "parse_event",
+]
+
 SCHEMA_VERSION: Literal[1] = 1
-CHANNEL_PREFIX = "hemostat:"
-DEAD_LETTER_STREAM = "hemostat:dead_letter"
 
 
 class Channel(StrEnum):
-    HEALTH_ALERT = "hemostat:health_alert"
-    REMEDIATION_NEEDED = "hemostat:remediation_needed"
-    REMEDIATION_COMPLETE = "hemostat:remediation_complete"
-    FALSE_ALARM = "hemostat:false_alarm"
-    APPROVAL_REQUEST = "hemostat:approval_request"
-    APPROVAL_DECISION = "hemostat:approval_decision"
-    ESCALATION = "hemostat:escalation"
-    INCIDENT_RESOLVED = "hemostat:incident_resolved"
+    """The Redis stream of each event type (the names live in shared/keys.py)."""
+
+    HEALTH_ALERT = keys.HEALTH_ALERT
+    REMEDIATION_NEEDED = keys.REMEDIATION_NEEDED
+    REMEDIATION_COMPLETE = keys.REMEDIATION_COMPLETE
+    FALSE_ALARM = keys.FALSE_ALARM
+    APPROVAL_REQUEST = keys.APPROVAL_REQUEST
+    APPROVAL_DECISION = keys.APPROVAL_DECISION
+    ESCALATION = keys.ESCALATION
+    INCIDENT_RESOLVED = keys.INCIDENT_RESOLVED
 
 
 class EventType(StrEnum):
@@ -47,7 +87,7 @@ class EventType(StrEnum):
 
     @property
     def channel(self) -> Channel:
-        return Channel(CHANNEL_PREFIX + self.value)
+        return Channel(keys.CHANNEL_PREFIX + self.value)
 
 
 class Severity(StrEnum):

@@ -12,9 +12,18 @@ from pydantic import AwareDatetime, Field
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
+from shared import keys
 from shared.model import Model
 
-HEARTBEAT_PREFIX = "hemostat:heartbeat:"
+__all__ = [
+    "AgentStatus",
+    "Heartbeat",
+    "clear_heartbeat",
+    "heartbeat_key",
+    "live_heartbeats",
+    "read_heartbeats",
+    "write_heartbeat",
+]
 
 
 class AgentStatus(StrEnum):
@@ -40,7 +49,7 @@ class Heartbeat(Model):
 
 
 def heartbeat_key(agent: str, instance: str) -> str:
-    return f"{HEARTBEAT_PREFIX}{agent}:{instance}"
+    return f"{keys.HEARTBEAT}{agent}:{instance}"
 
 
 async def write_heartbeat(redis: Redis, beat: Heartbeat) -> None:
@@ -55,12 +64,12 @@ async def clear_heartbeat(redis: Redis, agent: str, instance: str) -> None:
 
 def read_heartbeats(redis: SyncRedis, agent: str | None = None) -> list[Heartbeat]:
     """Every live heartbeat (optionally of one agent type), for `hemostat check/status`."""
-    pattern = f"{HEARTBEAT_PREFIX}{agent}:*" if agent else f"{HEARTBEAT_PREFIX}*"
-    keys = sorted(redis.scan_iter(match=pattern, count=200))
-    if not keys:
+    pattern = f"{keys.HEARTBEAT}{agent}:*" if agent else f"{keys.HEARTBEAT}*"
+    names = sorted(redis.scan_iter(match=pattern, count=200))
+    if not names:
         return []
     beats = []
-    for raw in redis.mget(keys):
+    for raw in redis.mget(names):
         if raw:
             try:
                 beats.append(Heartbeat.model_validate(json.loads(raw)))
@@ -71,12 +80,12 @@ def read_heartbeats(redis: SyncRedis, agent: str | None = None) -> list[Heartbea
 
 async def live_heartbeats(redis: Redis, agent: str | None = None) -> list[Heartbeat]:
     """`read_heartbeats` for an agent's event loop."""
-    pattern = f"{HEARTBEAT_PREFIX}{agent}:*" if agent else f"{HEARTBEAT_PREFIX}*"
-    keys = sorted([k async for k in redis.scan_iter(match=pattern, count=200)])
-    if not keys:
+    pattern = f"{keys.HEARTBEAT}{agent}:*" if agent else f"{keys.HEARTBEAT}*"
+    names = sorted([k async for k in redis.scan_iter(match=pattern, count=200)])
+    if not names:
         return []
     beats = []
-    for raw in await redis.mget(keys):
+    for raw in await redis.mget(names):
         if raw:
             try:
                 beats.append(Heartbeat.model_validate(json.loads(raw)))

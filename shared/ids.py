@@ -6,6 +6,8 @@ import os
 import threading
 import time
 
+__all__ = ["id_time_ms", "new_id"]
+
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _lock = threading.Lock()
 _last_ms = -1

@@ -16,6 +16,8 @@ import structlog
 from shared.redaction import Redactor
 from shared.settings import LogFormat
 
+__all__ = ["Logger", "RedactProcessor", "configure_logging", "get_logger"]
+
 Logger = structlog.stdlib.BoundLogger
 
 

@@ -7,6 +7,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from shared.redaction import Redactor, is_secret_key
 
+__all__ = ["Model", "describe_validation_error"]
+
 
 class Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -31,7 +31,15 @@ from redis.sentinel import Sentinel as SyncSentinel
 
 from shared.settings import Settings
 
-__all__ = ["CONNECTION_ERRORS", "client_key", "connect", "connect_sync", "describe"]
+__all__ = [
+    "CONNECTION_ERRORS",
+    "SentinelRedis",
+    "SyncSentinelRedis",
+    "client_key",
+    "connect",
+    "connect_sync",
+    "describe",
+]
 
 # Errors that mean "Redis is not reachable right now" (retry later), as opposed to a bad command.
 # A failover adds two: MasterNotFoundError (a ConnectionError: no sentinel knows a healthy

@@ -22,6 +22,21 @@ from shared.errors import RunbookError
 from shared.events import AlertKind, HealthAlertEvent, Severity
 from shared.model import Model
 
+__all__ = [
+    "ID_PATTERN",
+    "NOTIFY_ONLY",
+    "Diagnostic",
+    "InspectDiagnostic",
+    "LogsDiagnostic",
+    "Match",
+    "Notify",
+    "PromQLDiagnostic",
+    "Runbook",
+    "Runbooks",
+    "load_runbook",
+    "load_runbooks",
+]
+
 ID_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
 
 

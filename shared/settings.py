@@ -30,6 +30,30 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from shared.errors import ConfigError
 from shared.model import describe_validation_error
 
+__all__ = [
+    "DEFAULT_REDIS_URL",
+    "DEFAULT_ROUTES",
+    "ENV_PREFIX",
+    "SECTIONS",
+    "AgentSettings",
+    "AlertSettings",
+    "AnalyzerSettings",
+    "BusSettings",
+    "CoreSettings",
+    "DashboardSettings",
+    "LLMProvider",
+    "LogFormat",
+    "MetricsSettings",
+    "MonitorSettings",
+    "RemediationScope",
+    "ResponderSettings",
+    "Settings",
+    "StatsSource",
+    "env_name",
+    "load_settings",
+    "parse_addresses",
+]
+
 ENV_PREFIX = "HEMOSTAT_"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 

@@ -7,6 +7,8 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+__all__ = ["KeyedLocks", "join_tasks"]
+
 
 async def join_tasks(*tasks: asyncio.Task[Any], timeout: float) -> list[BaseException]:
     """Wait for tasks to end by themselves, cancel what still runs after `timeout`, and return

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from agents.alert.agent import AlertAgent, build_channels
-from agents.alert.store import HISTORY, HISTORY_PREFIX, NOTIFICATIONS
+from shared import keys
 from shared.bus import Bus
 from shared.events import Channel, RemediationStatus, Severity
 from shared.log import configure_logging
@@ -92,7 +92,7 @@ async def alert_agent(
 
 
 async def deliveries(redis):
-    return [fields for _, fields in await redis.xrange(NOTIFICATIONS)]
+    return [fields for _, fields in await redis.xrange(keys.NOTIFICATIONS)]
 
 
 async def wait_deliveries(redis, n, timeout=15):
@@ -239,7 +239,7 @@ async def test_three_containers_three_messages_one_flapping_container_one(
 
 
 async def _history_len(redis, n):
-    return await redis.xlen(HISTORY) >= n
+    return await redis.xlen(keys.HISTORY) >= n
 
 
 async def test_429_honours_retry_after_and_5xx_is_retried(redis, redis_url, receiver):
@@ -304,8 +304,8 @@ async def test_no_channel_configured_still_keeps_history(redis, redis_url, recei
         await Bus(redis).publish_many([factories.false_alarm("c1"), factories.escalation("c2")])
         await wait_until(lambda: _history_len(redis, 2), timeout=10)
     assert receiver.hits == []
-    assert await redis.xlen(HISTORY_PREFIX + "false_alarm") == 1
-    assert await redis.xlen(HISTORY_PREFIX + "escalation") == 1
+    assert await redis.xlen(keys.HISTORY_OF_TYPE + "false_alarm") == 1
+    assert await redis.xlen(keys.HISTORY_OF_TYPE + "escalation") == 1
     assert '"event": "alert.notifications_off"' in logs.getvalue()
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from agents.alert.store import HISTORY, NOTIFICATIONS
 from shared import keys
 from shared.bus import Bus
 from shared.events import RemediationStatus, Severity, Subject
@@ -90,7 +89,7 @@ async def test_25_failures_at_once_are_one_storm_message_and_one_all_clear_per_c
         for n in range(25):
             assert f"web-{n} " in end, f"web-{n} missing from the last message on {path}"
     # Every failure is still in the history.
-    assert await redis.xlen(HISTORY) == 25
+    assert await redis.xlen(keys.HISTORY) == 25
 
 
 async def _is(awaitable, expected: int) -> bool:
@@ -183,7 +182,7 @@ async def test_two_alert_replicas_tell_one_storm_once(redis, redis_url, receiver
         await wait_until(lambda: outbox_empty(redis), what="nothing left to send")
     for path in PATHS:
         assert len(receiver.at(path)) == 2, texts(receiver, path)
-    bundled = [f for _, f in await redis.xrange(NOTIFICATIONS) if f["status"] == "bundled"]
+    bundled = [f for _, f in await redis.xrange(keys.NOTIFICATIONS) if f["status"] == "bundled"]
     assert bundled, "the notification log marks bundled failures"
 
 

@@ -12,9 +12,10 @@ import httpx
 import pytest
 
 from agents.monitor.agent import MonitorAgent
-from agents.monitor.alertmanager import InvalidPayload, convert, parse_payload
+from agents.monitor.alertmanager import convert, parse_payload
 from agents.monitor.cgroups import CgroupReader
 from shared.docker_api import DockerGateway
+from shared.errors import InvalidPayload
 from shared.events import AlertKind, AlertStatus, Channel, Severity
 from shared.redis_server import free_port
 from tests.conftest import make_settings

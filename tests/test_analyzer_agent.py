@@ -14,8 +14,8 @@ import pytest
 
 from agents.analyzer.agent import AnalyzerAgent
 from agents.analyzer.diagnostics import DiagnosticsCollector
-from agents.analyzer.incidents import INCIDENT_PREFIX
 from agents.analyzer.llm import build_client
+from shared import keys
 from shared.bus import Bus
 from shared.docker_api import DockerGateway
 from shared.events import (
@@ -154,13 +154,13 @@ async def test_repeats_join_one_incident_per_container_and_resolution_closes_it(
         )
         await wait_until(lambda: _status(redis, incident, "resolved"), timeout=10)
     assert len(await decisions(redis)) == 4, "a resolution never requests an action"
-    data = await redis.hgetall(INCIDENT_PREFIX + incident)
+    data = await redis.hgetall(keys.INCIDENT + incident)
     assert data["alert_count"] == "3"
     assert data["decisions"] == "3"
 
 
 async def _status(redis, incident, status):
-    return await redis.hget(INCIDENT_PREFIX + incident, "status") == status
+    return await redis.hget(keys.INCIDENT + incident, "status") == status
 
 
 async def test_incident_stays_open_while_another_kind_still_fires(redis, redis_url):

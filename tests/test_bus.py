@@ -9,8 +9,9 @@ from collections import Counter
 
 import pytest
 
+from shared import keys
 from shared.bus import Bus
-from shared.events import DEAD_LETTER_STREAM, Channel, encode_event
+from shared.events import Channel, encode_event
 from tests.support import factories
 from tests.support.bus import dead_letters, fast_consumer, running, wait_until
 
@@ -137,9 +138,9 @@ async def test_poison_message_is_dead_lettered_after_max_deliveries(redis):
     await bus.ensure_group(Channel.HEALTH_ALERT, "g")
     async with running(consumer):
         await bus.publish(poison)
-        await wait_until(lambda: redis.xlen(DEAD_LETTER_STREAM), what="dead letter")
+        await wait_until(lambda: redis.xlen(keys.DEAD_LETTER), what="dead letter")
     assert attempts[poison.id] == 3
-    [(_, fields)] = await redis.xrange(DEAD_LETTER_STREAM)
+    [(_, fields)] = await redis.xrange(keys.DEAD_LETTER)
     assert fields["channel"] == Channel.HEALTH_ALERT
     assert fields["attempts"] == "3"
     assert "RuntimeError: handler exploded on purpose" in fields["error"]
@@ -164,7 +165,7 @@ async def test_transient_failure_is_retried_and_then_acknowledged_not_dead_lette
         await bus.publish(event)
         await wait_until(lambda: consumer.stats.handled == 1)
     assert attempts[event.id] == 3
-    assert await redis.xlen(DEAD_LETTER_STREAM) == 0
+    assert await redis.xlen(keys.DEAD_LETTER) == 0
     assert await pending_count(redis) == 0
     # Each retry was a real redelivery: Redis counted the deliveries.
     assert consumer.stats.failed == 2
@@ -192,7 +193,7 @@ async def test_malformed_messages_go_straight_to_dead_letter_with_reason(redis, 
         await redis.xadd(Channel.HEALTH_ALERT, fields)
         await bus.publish(good)
         await wait_until(lambda: handled and consumer.stats.invalid == 1)
-    [(_, dead)] = await redis.xrange(DEAD_LETTER_STREAM)
+    [(_, dead)] = await redis.xrange(keys.DEAD_LETTER)
     assert reason in dead["error"]
     assert dead["attempts"] == "1"
     assert handled == [good], "the bad message must not stop the good one behind it"
@@ -326,7 +327,7 @@ async def test_a_huge_entry_is_dead_lettered_as_one_bounded_excerpt_with_size_an
     assert len(holder["event"].encode()) == 64 * 1024
     assert huge.startswith(holder["event"].encode())
     assert [f["excerpt_in"] for i, f in letters if i != holder_id] == [holder_id, holder_id]
-    assert await redis.memory_usage(DEAD_LETTER_STREAM) < 256 * 1024
+    assert await redis.memory_usage(keys.DEAD_LETTER) < 256 * 1024
     assert handled == []
 
 

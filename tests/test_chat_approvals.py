@@ -30,6 +30,7 @@ from shared.approvals import ApprovalStore, ProposalState, decide
 from shared.bus import Bus
 from shared.errors import ConfigError
 from shared.events import Channel, Decision
+from shared.keys import CHAT_APPROVE, CHAT_DENY
 from shared.redaction import Redactor
 from shared.redis_server import free_port
 from shared.settings import load_settings
@@ -83,7 +84,7 @@ class Chat:
     def slack_payload(
         self,
         proposal_id: str,
-        action: str = message.APPROVE_ACTION,
+        action: str = CHAT_APPROVE,
         user: str = SLACK_USER,
         response_path: str = "/slack/response/1",
         blocks: list[dict[str, Any]] | None = None,
@@ -223,7 +224,7 @@ async def test_a_signed_slack_click_approves_and_the_message_says_who(chat, redi
     proposal = await propose(redis)
     slack_body, _ = await delivered_request(redis, receiver, proposal.id)
     [buttons] = [b for b in slack_body["blocks"] if b["type"] == "actions"]
-    approve = next(e for e in buttons["elements"] if e["action_id"] == message.APPROVE_ACTION)
+    approve = next(e for e in buttons["elements"] if e["action_id"] == CHAT_APPROVE)
     assert approve["value"] == proposal.id
 
     # Slack echoes the message it shows; the click is on the button the agent sent.
@@ -340,7 +341,7 @@ async def test_every_forged_slack_click_is_refused_and_changes_nothing(chat, red
     # A replay: the same signed request twice. The first decides; the second is refused.
     other = await propose(redis, key="p2")
     replayed = chat.slack_request(
-        chat.slack_payload(other.id, message.DENY_ACTION, response_path="/slack/response/once")
+        chat.slack_payload(other.id, CHAT_DENY, response_path="/slack/response/once")
     )
     assert (await chat.post_slack(*replayed)).status_code == 200
     again = await chat.post_slack(*replayed)

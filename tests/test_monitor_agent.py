@@ -15,7 +15,8 @@ import pytest
 from agents.cli import main as cli_main
 from agents.monitor.agent import MonitorAgent
 from agents.monitor.cgroups import CgroupReader
-from shared.container_state import DEATHS_PREFIX, SAMPLES_PREFIX, read_snapshots
+from shared import keys
+from shared.container_state import DEATHS_PREFIX, read_snapshots
 from shared.docker_api import DockerGateway
 from shared.events import AlertKind, AlertStatus
 from tests.conftest import make_settings
@@ -167,7 +168,7 @@ async def _has(kinds_coro, kind):
 
 
 async def _samples(redis, container_id, n):
-    return await redis.xlen(SAMPLES_PREFIX + container_id) >= n
+    return await redis.xlen(keys.SAMPLES + container_id) >= n
 
 
 async def test_deliberate_stop_is_not_an_alert_and_recovery_resolves(

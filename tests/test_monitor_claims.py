@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from agents.monitor.tracker import MonitorPolicy
-from shared.container_state import SAMPLES_PREFIX
+from shared import keys
 from shared.events import AlertKind, Severity
 from shared.settings import Settings
 from tests.support.bus import wait_until
@@ -28,7 +28,7 @@ async def kinds(redis, container_id):
 
 
 async def polled(redis, container_id, n):
-    return await redis.xlen(SAMPLES_PREFIX + container_id) >= n
+    return await redis.xlen(keys.SAMPLES + container_id) >= n
 
 
 async def test_high_memory_when_a_container_fills_its_limit(

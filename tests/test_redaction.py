@@ -287,14 +287,14 @@ async def test_analyzer_log_evidence_is_redacted_across_lines_then_cut():
 async def test_a_channel_error_body_is_redacted_before_it_is_cut():
     import httpx
 
-    from agents.alert.channels import Limits, SlackChannel
+    from agents.alert.channels import Limits, SlackNotifier
     from agents.alert.message import render
     from tests.support import factories
 
     body = "e" * 185 + f" {TOKEN}"
     transport = httpx.MockTransport(lambda request: httpx.Response(400, text=body))
     async with httpx.AsyncClient(transport=transport) as http:
-        channel = SlackChannel(
+        channel = SlackNotifier(
             http, "http://slack.invalid/hook", Limits(max_attempts=1), Redactor()
         )
         delivery = await channel.deliver(render(factories.remediation_complete()))

@@ -1,1 +1,3 @@
 """The Alert agent: routed, deduplicated, redacted notifications; event history."""
+
+__all__: list[str] = []

@@ -17,13 +17,13 @@ import httpx
 from redis.asyncio import Redis
 
 from agents.alert.channels import (
-    AppriseChannel,
-    Channel,
+    AppriseNotifier,
     Delivery,
-    DiscordChannel,
+    DiscordNotifier,
     Limits,
-    NtfyChannel,
-    SlackChannel,
+    Notifier,
+    NtfyNotifier,
+    SlackNotifier,
 )
 from agents.alert.interactions import DiscordVerifier, Interactions, SlackVerifier
 from agents.alert.interactions_http import InteractionsServer
@@ -32,31 +32,38 @@ from agents.alert.routing import parse_routes, route
 from agents.alert.store import AlertStore
 from agents.alert.storm import Noted, StormPolicy, StormStore, bundles, member_of
 from agents.base import BaseAgent, periodic
+from shared import keys
 from shared.clock import Clock
 from shared.errors import ConfigError
-from shared.events import Channel as BusChannel
-from shared.events import Event, RemediationCompleteEvent, RemediationStatus, parse_event
+from shared.events import Channel, Event, RemediationCompleteEvent, RemediationStatus, parse_event
 from shared.log import Logger
 from shared.redaction import Redactor
 from shared.runbooks import Runbooks, load_runbooks
 from shared.settings import Settings, env_name
 
-SEEN_PREFIX = "hemostat:alert:seen:"
+__all__ = [
+    "AlertAgent",
+    "build",
+    "build_channels",
+    "build_interactions",
+    "button_platforms",
+    "chat_approval_problems",
+]
 
 
 class AlertAgent(BaseAgent):
     name = "alert"
     consumes = (
-        BusChannel.REMEDIATION_COMPLETE,
-        BusChannel.FALSE_ALARM,
-        BusChannel.APPROVAL_REQUEST,
-        BusChannel.ESCALATION,
+        Channel.REMEDIATION_COMPLETE,
+        Channel.FALSE_ALARM,
+        Channel.APPROVAL_REQUEST,
+        Channel.ESCALATION,
     )
 
     def __init__(
         self,
         *,
-        channels: list[Channel],
+        channels: list[Notifier],
         runbooks: Runbooks | None = None,
         http: httpx.AsyncClient | None = None,
         **kw: Any,
@@ -152,7 +159,7 @@ class AlertAgent(BaseAgent):
     async def handle(self, event: Event) -> None:
         # Keyed by what the event means, not by its id: a producer that retried a publish sends
         # a new event with the same idempotency key, and people must hear about it once.
-        seen = SEEN_PREFIX + event.idempotency_key
+        seen = keys.ALERT_SEEN + event.idempotency_key
         if await self.redis.exists(seen):
             return  # a redelivery (or a retried publish) of an event already notified
         await self.store.remember(event)
@@ -329,7 +336,7 @@ def build_interactions(
 
 def build_channels(
     settings: Settings, http: httpx.AsyncClient, redactor: Redactor
-) -> list[Channel]:
+) -> list[Notifier]:
     limits = Limits(
         timeout_s=settings.alert_channel_timeout_s,
         max_attempts=settings.alert_max_attempts,
@@ -339,10 +346,10 @@ def build_channels(
         rest_s=settings.alert_channel_rest_s,
     )
     buttons = button_platforms(settings)
-    channels: list[Channel] = []
+    channels: list[Notifier] = []
     if settings.slack_webhook_url:
         channels.append(
-            SlackChannel(
+            SlackNotifier(
                 http,
                 settings.slack_webhook_url.get_secret_value(),
                 limits,
@@ -352,7 +359,7 @@ def build_channels(
         )
     if settings.discord_webhook_url:
         channels.append(
-            DiscordChannel(
+            DiscordNotifier(
                 http,
                 settings.discord_webhook_url.get_secret_value(),
                 limits,
@@ -366,7 +373,7 @@ def build_channels(
         if settings.ntfy_token:
             headers["Authorization"] = f"Bearer {settings.ntfy_token.get_secret_value()}"
         channels.append(
-            NtfyChannel(
+            NtfyNotifier(
                 http,
                 settings.ntfy_url.rstrip("/"),
                 limits,
@@ -379,7 +386,7 @@ def build_channels(
         urls = [u.strip() for u in settings.apprise_urls.get_secret_value().split(",") if u.strip()]
         if urls:
             try:
-                channels.append(AppriseChannel(urls, limits, redactor))
+                channels.append(AppriseNotifier(urls, limits, redactor))
             except ValueError as exc:
                 raise ConfigError(f"APPRISE_URLS: {exc}") from exc
     return channels

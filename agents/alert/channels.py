@@ -1,6 +1,9 @@
 """Notification channels: Slack and Discord webhooks, ntfy, and every other service through
 apprise. Each retries timeouts and 5xx with backoff, honours 429's Retry-After, runs at most N
-messages at once, and rests after repeated failures so it never holds the others back."""
+messages at once, and rests after repeated failures so it never holds the others back.
+
+A channel's sender is a `Notifier` (a bus stream is `shared.events.Channel`); its `name` is the
+channel name that routes, settings and the `hemostat:notifications` rows use."""
 
 from __future__ import annotations
 
@@ -15,8 +18,21 @@ import httpx
 from agents.alert import message
 from agents.alert.message import Notification
 from shared.backoff import backoff_delay
+from shared.errors import NotificationError
 from shared.log import get_logger
 from shared.redaction import Redactor
+
+__all__ = [
+    "AppriseNotifier",
+    "Delivery",
+    "DiscordNotifier",
+    "HttpNotifier",
+    "Limits",
+    "Notifier",
+    "NtfyNotifier",
+    "SlackNotifier",
+    "retry_after",
+]
 
 log = get_logger(__name__)
 
@@ -41,14 +57,14 @@ class Limits:
     backoff_base_s: float = 0.5
 
 
-class _Retryable(Exception):
+class _Retryable(NotificationError):
     def __init__(self, detail: str, delay: float | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
         self.delay = delay
 
 
-class Channel:
+class Notifier:
     """Delivery with retries, a concurrency bound and a rest after repeated failures."""
 
     name = "channel"
@@ -99,7 +115,7 @@ class Channel:
         raise NotImplementedError
 
 
-class _Permanent(Exception):
+class _Permanent(NotificationError):
     """A failure retrying cannot fix (a 4xx other than 429: a wrong or revoked webhook)."""
 
 
@@ -125,7 +141,7 @@ def retry_after(response: httpx.Response) -> float | None:
     return float(value) if isinstance(value, int | float) else None
 
 
-class HttpChannel(Channel):
+class HttpNotifier(Notifier):
     def __init__(
         self,
         http: httpx.AsyncClient,
@@ -162,7 +178,7 @@ class HttpChannel(Channel):
         raise _Permanent(f"HTTP {status}: {self.redactor.clip(response.text, 200)}")
 
 
-class SlackChannel(HttpChannel):
+class SlackNotifier(HttpNotifier):
     name = "slack"
 
     def __init__(self, *args: Any, buttons: bool = False, **kw: Any) -> None:
@@ -173,7 +189,7 @@ class SlackChannel(HttpChannel):
         return message.slack(n, self.buttons)
 
 
-class DiscordChannel(HttpChannel):
+class DiscordNotifier(HttpNotifier):
     name = "discord"
 
     def __init__(
@@ -187,7 +203,7 @@ class DiscordChannel(HttpChannel):
         return message.discord(n, self.mention_critical, self.buttons)
 
 
-class NtfyChannel(HttpChannel):
+class NtfyNotifier(HttpNotifier):
     name = "ntfy"
 
     def __init__(self, *args: Any, topic: str, **kw: Any) -> None:
@@ -198,7 +214,7 @@ class NtfyChannel(HttpChannel):
         return message.ntfy(n, self.topic)
 
 
-class AppriseChannel(Channel):
+class AppriseNotifier(Notifier):
     """Any service apprise knows (email, Telegram, PagerDuty, Teams, json://, ...)."""
 
     name = "apprise"

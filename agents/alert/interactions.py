@@ -34,7 +34,7 @@ from slack_sdk.signature import Clock as SlackClock
 from slack_sdk.signature import SignatureVerifier
 
 from agents.alert.interactions_http import Answer
-from agents.alert.message import APPROVE_ACTION, DENY_ACTION, slack_escape
+from agents.alert.message import slack_escape
 from shared import keys
 from shared.approvals import Proposal, decide
 from shared.backoff import backoff_delay
@@ -50,8 +50,11 @@ __all__ = [
     "DISCORD_PATH",
     "MAX_AGE_S",
     "SLACK_PATH",
+    "DiscordInteraction",
     "DiscordVerifier",
     "Interactions",
+    "Outcome",
+    "SlackClick",
     "SlackVerifier",
 ]
 
@@ -63,7 +66,7 @@ MAX_AGE_S = 300  # Slack's bound on a request's timestamp (either way), applied 
 REPLAY_TTL_S = 2 * MAX_AGE_S
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 _PROPOSAL_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_VERBS = {APPROVE_ACTION: Decision.APPROVED, DENY_ACTION: Decision.DENIED}
+_VERBS = {keys.CHAT_APPROVE: Decision.APPROVED, keys.CHAT_DENY: Decision.DENIED}
 _UPDATE_ATTEMPTS = 3
 
 

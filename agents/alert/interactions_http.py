@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from shared.errors import RequestRefused
 from shared.log import get_logger
 
 __all__ = ["MAX_BODY", "Answer", "Handle", "InteractionsServer"]
@@ -38,15 +39,6 @@ class Answer:
 
 
 Handle = Callable[[str, dict[str, str], bytes], Coroutine[Any, Any, Answer]]
-
-
-class _Refuse(Exception):
-    """The request cannot be read as sent; never leaves this module (answered with `status`)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 class InteractionsServer:
@@ -145,8 +137,8 @@ class InteractionsServer:
                 deadline = time.monotonic() + server.body_deadline_s
                 try:
                     body = self._body(deadline)
-                except _Refuse as exc:
-                    self._reply(Answer(exc.status, {"error": exc.message}))
+                except RequestRefused as exc:  # the body cannot be read as sent
+                    self._reply(Answer(exc.status, {"error": exc.reason}))
                     return
                 except TimeoutError:
                     self._reply(Answer(408, {"error": "the body did not arrive in time"}))
@@ -164,16 +156,16 @@ class InteractionsServer:
                 encoding = self.headers.get("Transfer-Encoding")
                 if encoding is not None:
                     if encoding.strip().lower() != "chunked" or "Content-Length" in self.headers:
-                        raise _Refuse(400, "unsupported Transfer-Encoding")
+                        raise RequestRefused(400, "http", "unsupported Transfer-Encoding")
                     return self._chunked(deadline)
                 raw = self.headers.get("Content-Length")
                 if raw is None:
-                    raise _Refuse(411, "a Content-Length is required")
+                    raise RequestRefused(411, "http", "a Content-Length is required")
                 if not raw.strip().isascii() or not raw.strip().isdigit():
-                    raise _Refuse(400, "bad Content-Length")
+                    raise RequestRefused(400, "http", "bad Content-Length")
                 length = int(raw)
                 if length > server.max_body:
-                    raise _Refuse(413, f"body larger than {server.max_body} bytes")
+                    raise RequestRefused(413, "http", f"body larger than {server.max_body} bytes")
                 return self._exactly(length, deadline)
 
             def _arm(self, deadline: float) -> None:
@@ -189,7 +181,7 @@ class InteractionsServer:
                     # read1: one socket read at most, so the deadline is checked between reads.
                     part = self.rfile.read1(min(n - got, 65_536))
                     if not part:
-                        raise _Refuse(400, "the body ended before its length")
+                        raise RequestRefused(400, "http", "the body ended before its length")
                     parts.append(part)
                     got += len(part)
                 return b"".join(parts)
@@ -198,7 +190,7 @@ class InteractionsServer:
                 self._arm(deadline)
                 line: bytes = self.rfile.readline(1024)
                 if not line.endswith(b"\n"):
-                    raise _Refuse(400, "malformed chunked body")
+                    raise RequestRefused(400, "http", "malformed chunked body")
                 return line
 
             def _chunked(self, deadline: float) -> bytes:
@@ -206,18 +198,19 @@ class InteractionsServer:
                 while True:
                     size = self._line(deadline).split(b";", 1)[0].strip()
                     if not _CHUNK_SIZE.fullmatch(size):
-                        raise _Refuse(400, "malformed chunk size")
+                        raise RequestRefused(400, "http", "malformed chunk size")
                     n = int(size, 16)
                     if n == 0:
                         break
                     if len(body) + n > server.max_body:
-                        raise _Refuse(413, f"body larger than {server.max_body} bytes")
+                        too_large = f"body larger than {server.max_body} bytes"
+                        raise RequestRefused(413, "http", too_large)
                     body += self._exactly(n, deadline)
                     if self._line(deadline).strip():
-                        raise _Refuse(400, "malformed chunk end")
+                        raise RequestRefused(400, "http", "malformed chunk end")
                 for _ in range(32):  # trailers, up to the empty line
                     if not self._line(deadline).strip():
                         return bytes(body)
-                raise _Refuse(400, "too many trailers")
+                raise RequestRefused(400, "http", "too many trailers")
 
         return Handler

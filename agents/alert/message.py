@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from shared import keys
 from shared.events import (
     Analysis,
     ApprovalRequestEvent,
@@ -26,12 +27,24 @@ from shared.redaction import Redactor
 if TYPE_CHECKING:
     from agents.alert.storm import StormView
 
+__all__ = [
+    "COLOR",
+    "HEAL_WINDOW_S",
+    "ICON",
+    "NTFY_PRIORITY",
+    "STORM_LIST_LIMIT",
+    "Notification",
+    "discord",
+    "ntfy",
+    "render",
+    "render_storm",
+    "slack",
+    "slack_escape",
+]
+
 ICON = {Severity.CRITICAL: "🔴", Severity.WARNING: "🟠", Severity.INFO: "🟢"}
 COLOR = {Severity.CRITICAL: 0xE01E5A, Severity.WARNING: 0xECB22E, Severity.INFO: 0x2EB67D}
 NTFY_PRIORITY = {Severity.CRITICAL: 5, Severity.WARNING: 4, Severity.INFO: 3}
-# The buttons' ids (Slack action_id; Discord custom_id is `<id>:<proposal>`).
-APPROVE_ACTION = "hemostat:approve"
-DENY_ACTION = "hemostat:deny"
 
 
 @dataclass(frozen=True)
@@ -316,7 +329,7 @@ def _slack_buttons(n: Notification) -> dict[str, Any]:
         "elements": [
             {
                 "type": "button",
-                "action_id": APPROVE_ACTION,
+                "action_id": keys.CHAT_APPROVE,
                 "text": text("Approve"),
                 "style": "primary",
                 "value": n.proposal_id,
@@ -330,7 +343,7 @@ def _slack_buttons(n: Notification) -> dict[str, Any]:
             },
             {
                 "type": "button",
-                "action_id": DENY_ACTION,
+                "action_id": keys.CHAT_DENY,
                 "text": text("Deny"),
                 "style": "danger",
                 "value": n.proposal_id,
@@ -375,13 +388,13 @@ def discord(n: Notification, mention_critical: bool, buttons: bool = False) -> d
                         "type": 2,  # a button; style 3 green, 4 red
                         "style": 3,
                         "label": "Approve",
-                        "custom_id": f"{APPROVE_ACTION}:{n.proposal_id}",
+                        "custom_id": f"{keys.CHAT_APPROVE}:{n.proposal_id}",
                     },
                     {
                         "type": 2,
                         "style": 4,
                         "label": "Deny",
-                        "custom_id": f"{DENY_ACTION}:{n.proposal_id}",
+                        "custom_id": f"{keys.CHAT_DENY}:{n.proposal_id}",
                     },
                 ],
             }

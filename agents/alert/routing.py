@@ -9,6 +9,8 @@ from __future__ import annotations
 from shared.errors import ConfigError
 from shared.events import EventType, Severity
 
+__all__ = ["CHANNELS", "SELECTORS", "Routes", "parse_routes", "route"]
+
 CHANNELS = frozenset({"slack", "discord", "ntfy", "apprise"})
 SELECTORS = frozenset({t.value for t in EventType} | {s.value for s in Severity})
 

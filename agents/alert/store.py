@@ -17,13 +17,10 @@ from redis.asyncio import Redis
 
 from agents.alert.channels import Delivery
 from agents.alert.message import Notification
+from shared import keys
 from shared.events import Envelope
 
-DEDUP_PREFIX = "hemostat:alert:dedup:"
-SUPPRESSED_PREFIX = "hemostat:alert:suppressed:"
-HISTORY = "hemostat:history"
-HISTORY_PREFIX = "hemostat:history:"
-NOTIFICATIONS = "hemostat:notifications"
+__all__ = ["AlertStore"]
 
 # The window's end is a stored value compared with the caller's `now`, so replicas agree and a
 # test moves a clock instead of sleeping through the window.
@@ -63,7 +60,8 @@ class AlertStore:
         if window_s <= 0:
             return True, 0
         result: list[Any] = await self._admit(
-            keys=[DEDUP_PREFIX + key, SUPPRESSED_PREFIX + key], args=[f"{now:.6f}", window_s]
+            keys=[keys.ALERT_DEDUP + key, keys.ALERT_SUPPRESSED + key],
+            args=[f"{now:.6f}", window_s],
         )
         return bool(int(result[0])), int(result[1])
 
@@ -71,13 +69,13 @@ class AlertStore:
         data = event.model_dump_json()
         kind = str(getattr(event, "type", "unknown"))
         pipe = self.redis.pipeline(transaction=False)
-        pipe.xadd(HISTORY, {"type": kind, "event": data}, maxlen=self.history_maxlen)
-        pipe.xadd(HISTORY_PREFIX + kind, {"event": data}, maxlen=self.per_type_maxlen)
+        pipe.xadd(keys.HISTORY, {"type": kind, "event": data}, maxlen=self.history_maxlen)
+        pipe.xadd(keys.HISTORY_OF_TYPE + kind, {"event": data}, maxlen=self.per_type_maxlen)
         await pipe.execute()
 
     async def log_delivery(self, n: Notification, d: Delivery) -> None:
         await self.redis.xadd(
-            NOTIFICATIONS,
+            keys.NOTIFICATIONS,
             {
                 "at": f"{time.time():.3f}",
                 "event_id": n.event_id,
@@ -95,7 +93,7 @@ class AlertStore:
 
     async def trim_by_age(self, days: float, now: float | None = None) -> None:
         cutoff = f"{int(((now or time.time()) - days * 86_400) * 1000)}-0"
-        keys = [HISTORY, NOTIFICATIONS]
-        keys += [k async for k in self.redis.scan_iter(f"{HISTORY_PREFIX}*", count=100)]
-        for key in keys:
+        streams = [keys.HISTORY, keys.NOTIFICATIONS]
+        streams += [k async for k in self.redis.scan_iter(f"{keys.HISTORY_OF_TYPE}*", count=100)]
+        for key in streams:
             await self.redis.xtrim(key, minid=cutoff, approximate=True)

@@ -18,6 +18,7 @@ from agents.analyzer.incidents import Attached, IncidentStore, subject_key
 from agents.analyzer.llm import LLMClient, ask, build_client, describe_client
 from agents.analyzer.rules import RuleDecision, decide
 from agents.base import BaseAgent, periodic
+from shared import keys
 from shared.docker_api import DockerGateway, connect_docker
 from shared.errors import LLMError
 from shared.events import (
@@ -47,12 +48,16 @@ from shared.redaction import Redactor
 from shared.runbooks import Runbook, Runbooks, load_runbooks
 from shared.settings import Settings
 
-CLAIM_PREFIX = "hemostat:analyzer:claim:"
+__all__ = ["CLAIM_TTL_S", "AnalyzerAgent", "Conclusion", "build"]
+
 CLAIM_TTL_S = 86_400
 
 
 @dataclass(frozen=True)
-class Decision:
+class Conclusion:
+    """What the Analyzer concluded about one alert: a false alarm, or the runbook action to take,
+    with the analysis behind it (an approval's approve/deny is `shared.events.Decision`)."""
+
     false_alarm: bool
     action_id: str | None
     analysis: Analysis
@@ -77,7 +82,7 @@ class AnalyzerAgent(BaseAgent):
         self.diagnostics = diagnostics
         self.redactor = redactor or Redactor(self.settings.secret_values())
         self.incidents = IncidentStore(self.redis, self.settings.incident_idle_ttl_s)
-        self.claims = Claims(self.redis, CLAIM_PREFIX, CLAIM_TTL_S)
+        self.claims = Claims(self.redis, keys.ANALYZER_CLAIM, CLAIM_TTL_S)
         self.threshold = self.settings.analyzer_confidence_threshold
         self.hosts = HostStore(self.redis)
         self.counts = {"decisions": 0, "false_alarms": 0, "llm": 0, "llm_fallbacks": 0}
@@ -206,7 +211,7 @@ class AnalyzerAgent(BaseAgent):
 
     async def _decide(
         self, alert: HealthAlertEvent, runbook: Runbook, attached: Attached
-    ) -> tuple[Decision, bool]:
+    ) -> tuple[Conclusion, bool]:
         started = time.monotonic()
         age = self.clock.time() - alert.emitted_at.timestamp()
         limit = self.settings.analyzer_max_alert_age_s
@@ -260,7 +265,7 @@ class AnalyzerAgent(BaseAgent):
         false_alarm: bool,
         action_id: str | None,
         analysis: Analysis,
-    ) -> Decision:
+    ) -> Conclusion:
         """The LLM explains and may pick among the runbook's actions; it cannot silence a
         deterministic failure, and it cannot act where the rules allow no action at all."""
         overruled = None
@@ -284,11 +289,11 @@ class AnalyzerAgent(BaseAgent):
         # The LLM decided when its answer was taken (even where it agrees with the rules).
         decided_by = AnalysisMethod.RULES if overruled else AnalysisMethod.LLM
         update = {"decided_by": decided_by, "overruled": overruled}
-        return Decision(false_alarm, action_id, analysis.model_copy(update=update))
+        return Conclusion(false_alarm, action_id, analysis.model_copy(update=update))
 
     def _stale(
         self, alert: HealthAlertEvent, runbook: Runbook, age: float, limit: float, started: float
-    ) -> Decision:
+    ) -> Conclusion:
         analysis = Analysis(
             method=AnalysisMethod.RULES,
             decided_by=AnalysisMethod.RULES,
@@ -298,9 +303,9 @@ class AnalyzerAgent(BaseAgent):
             "situation may have changed since, so people are told and nothing is done",
             latency_ms=round((time.monotonic() - started) * 1000, 3),
         )
-        return Decision(False, runbook.notify_action().id, analysis)
+        return Conclusion(False, runbook.notify_action().id, analysis)
 
-    def _from_rules(self, rules: RuleDecision, started: float, reason: str | None) -> Decision:
+    def _from_rules(self, rules: RuleDecision, started: float, reason: str | None) -> Conclusion:
         analysis = Analysis(
             method=AnalysisMethod.RULES,
             decided_by=AnalysisMethod.RULES,
@@ -310,7 +315,7 @@ class AnalyzerAgent(BaseAgent):
             fallback_reason=reason,
             latency_ms=round((time.monotonic() - started) * 1000, 3),
         )
-        return Decision(rules.false_alarm, rules.action_id, analysis)
+        return Conclusion(rules.false_alarm, rules.action_id, analysis)
 
     def _fallback(
         self,
@@ -319,7 +324,7 @@ class AnalyzerAgent(BaseAgent):
         reason: str,
         detail: str,
         prompt: prompts.Prompt,
-    ) -> Decision:
+    ) -> Conclusion:
         self.counts["llm_fallbacks"] += 1
         self.log.warning(
             "analyzer.llm_fallback", reason=reason, detail=self.redactor.clip(detail, 300)
@@ -328,9 +333,9 @@ class AnalyzerAgent(BaseAgent):
         analysis = decision.analysis.model_copy(
             update={"model": describe_client(self.llm), "prompt_hash": prompt.inputs_hash}
         )
-        return Decision(decision.false_alarm, decision.action_id, analysis)
+        return Conclusion(decision.false_alarm, decision.action_id, analysis)
 
-    async def _cached(self, incident_id: str, runbook: Runbook) -> Decision | None:
+    async def _cached(self, incident_id: str, runbook: Runbook) -> Conclusion | None:
         """A repeat within an open incident reuses the incident's LLM analysis."""
         analysis = await self.incidents.cached_analysis(incident_id, runbook.id)
         if analysis is None or analysis.method is not AnalysisMethod.LLM:
@@ -341,7 +346,7 @@ class AnalyzerAgent(BaseAgent):
         if action_id is not None and runbook.action(action_id) is None:
             return None  # the runbook changed since
         explanation = f"{analysis.explanation} (reused from this incident's analysis)".strip()
-        return Decision(
+        return Conclusion(
             false_alarm, action_id, analysis.model_copy(update={"explanation": explanation})
         )
 
@@ -366,7 +371,7 @@ class AnalyzerAgent(BaseAgent):
         )
 
     def _decision_event(
-        self, alert: HealthAlertEvent, incident_id: str, runbook: Runbook, decision: Decision
+        self, alert: HealthAlertEvent, incident_id: str, runbook: Runbook, decision: Conclusion
     ) -> Envelope:
         confident = decision.analysis.confidence >= self.threshold
         common: dict[str, Any] = {

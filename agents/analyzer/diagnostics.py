@@ -16,6 +16,8 @@ from shared.log import get_logger
 from shared.redaction import Redactor
 from shared.runbooks import InspectDiagnostic, LogsDiagnostic, PromQLDiagnostic, Runbook
 
+__all__ = ["DiagnosticsCollector", "pick", "redact_inspect"]
+
 log = get_logger(__name__)
 
 

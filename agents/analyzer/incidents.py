@@ -16,26 +16,27 @@ from typing import Any
 from redis.asyncio import Redis
 
 from agents.analyzer.rules import History
+from shared import keys
 from shared.events import Analysis, HealthAlertEvent
 from shared.ids import new_id
 
-OPEN_PREFIX = "hemostat:incident:open:"
-INCIDENT_PREFIX = "hemostat:incident:"
-INDEX = "hemostat:incidents"
+__all__ = ["CLOSED_TTL_S", "Attached", "IncidentStore", "subject_key"]
+
 CLOSED_TTL_S = 7 * 86_400
 
+# The scripts name the incident keys of shared/keys.py (`@INCIDENT@`, `@INCIDENTS@`).
 _ATTACH = """
 local id = redis.call('GET', KEYS[1])
 local new = 0
 if not id then
   id = ARGV[1]
   new = 1
-  redis.call('HSET', 'hemostat:incident:' .. id, 'id', id, 'opened_at', ARGV[2], 'status', 'open',
+  redis.call('HSET', '@INCIDENT@' .. id, 'id', id, 'opened_at', ARGV[2], 'status', 'open',
              'subject', ARGV[6], 'subject_key', ARGV[9], 'alert_count', 0, 'decisions', 0)
-  redis.call('ZADD', 'hemostat:incidents', ARGV[2], id)
+  redis.call('ZADD', '@INCIDENTS@', ARGV[2], id)
 end
 redis.call('SET', KEYS[1], id, 'EX', ARGV[8])
-local h = 'hemostat:incident:' .. id
+local h = '@INCIDENT@' .. id
 local total = redis.call('HINCRBY', h, 'alert_count', 1)
 local same = redis.call('HINCRBY', h, 'count:' .. ARGV[3], 1)
 redis.call('HSET', h, 'updated_at', ARGV[2], 'last_alert_id', ARGV[4], 'last_summary', ARGV[5],
@@ -43,12 +44,12 @@ redis.call('HSET', h, 'updated_at', ARGV[2], 'last_alert_id', ARGV[4], 'last_sum
 redis.call('SADD', h .. ':kinds', ARGV[3])
 local decisions = tonumber(redis.call('HGET', h, 'decisions') or '0')
 return {id, new, total, same, decisions}
-"""
+""".replace("@INCIDENTS@", keys.INCIDENTS).replace("@INCIDENT@", keys.INCIDENT)
 
 _RESOLVE = """
 local id = redis.call('GET', KEYS[1])
 if not id then return {false, 0} end
-local h = 'hemostat:incident:' .. id
+local h = '@INCIDENT@' .. id
 if ARGV[1] == 'removed' then
   redis.call('DEL', h .. ':kinds')  -- the container is gone: nothing of it fires any more
 else
@@ -60,7 +61,7 @@ redis.call('HSET', h, 'status', 'resolved', 'closed_at', ARGV[2], 'close_reason'
 redis.call('DEL', KEYS[1])
 redis.call('EXPIRE', h, ARGV[4])
 return {id, 1}
-"""
+""".replace("@INCIDENT@", keys.INCIDENT)
 
 
 def subject_key(alert: HealthAlertEvent) -> str:
@@ -91,7 +92,7 @@ class IncidentStore:
     async def attach(self, alert: HealthAlertEvent, now: float) -> Attached:
         key = subject_key(alert)
         result: list[Any] = await self._attach(
-            keys=[OPEN_PREFIX + key],
+            keys=[keys.INCIDENT_OPEN + key],
             args=[
                 new_id(),
                 f"{now:.3f}",
@@ -114,7 +115,7 @@ class IncidentStore:
     async def resolve(self, alert: HealthAlertEvent, now: float) -> tuple[str | None, bool]:
         """Mark the alert's kind as no longer firing; close the incident when nothing fires."""
         result: list[Any] = await self._resolve(
-            keys=[OPEN_PREFIX + subject_key(alert)],
+            keys=[keys.INCIDENT_OPEN + subject_key(alert)],
             args=[
                 alert.payload.kind.value,
                 f"{now:.3f}",
@@ -126,7 +127,7 @@ class IncidentStore:
         return (str(incident_id) if incident_id else None), bool(int(closed))
 
     async def cached_analysis(self, incident_id: str, runbook_id: str) -> Analysis | None:
-        raw = await self.redis.hget(INCIDENT_PREFIX + incident_id, f"analysis:{runbook_id}")
+        raw = await self.redis.hget(keys.INCIDENT + incident_id, f"analysis:{runbook_id}")
         if not raw:
             return None
         try:
@@ -146,7 +147,7 @@ class IncidentStore:
         false_alarm: bool = False,
     ) -> None:
         """Remember the decision; with `cache`, repeats in this incident reuse the analysis."""
-        key = INCIDENT_PREFIX + incident_id
+        key = keys.INCIDENT + incident_id
         fields = {
             "runbook_id": runbook_id,
             "root_cause": analysis.root_cause[:500],
@@ -164,17 +165,17 @@ class IncidentStore:
         await pipe.execute()
 
     async def get(self, incident_id: str) -> dict[str, str]:
-        data: dict[Any, Any] = await self.redis.hgetall(INCIDENT_PREFIX + incident_id)
+        data: dict[Any, Any] = await self.redis.hgetall(keys.INCIDENT + incident_id)
         return {str(k): str(v) for k, v in data.items()}
 
     async def kinds(self, incident_id: str) -> set[str]:
-        members: set[Any] = await self.redis.smembers(INCIDENT_PREFIX + incident_id + ":kinds")
+        members: set[Any] = await self.redis.smembers(keys.INCIDENT + incident_id + ":kinds")
         return {str(m) for m in members}
 
     async def prune(self, older_than: float) -> int:
         """Drop index entries of incidents whose hash has expired."""
-        stale: list[Any] = await self.redis.zrangebyscore(INDEX, "-inf", older_than)
-        gone = [i for i in stale if not await self.redis.exists(INCIDENT_PREFIX + i)]
+        stale: list[Any] = await self.redis.zrangebyscore(keys.INCIDENTS, "-inf", older_than)
+        gone = [i for i in stale if not await self.redis.exists(keys.INCIDENT + i)]
         if gone:
-            await self.redis.zrem(INDEX, *gone)
+            await self.redis.zrem(keys.INCIDENTS, *gone)
         return len(gone)

@@ -19,6 +19,18 @@ from shared.model import describe_validation_error
 from shared.runbooks import Runbook
 from shared.settings import LLMProvider, Settings
 
+__all__ = [
+    "DEFAULT_MODELS",
+    "LLMClient",
+    "LLMResult",
+    "LLMVerdict",
+    "ask",
+    "build_client",
+    "describe_client",
+    "parse_verdict",
+    "resolve_provider",
+]
+
 DEFAULT_MODELS = {LLMProvider.ANTHROPIC: "claude-sonnet-4-6", LLMProvider.OPENAI: "gpt-5.4-mini"}
 # Keys an answer may not carry: the runbook alone fixes what runs and with which arguments.
 _FORBIDDEN_KEYS = {"argv", "command", "cmd", "params", "args", "exec", "script"}

@@ -13,6 +13,8 @@ from agents.analyzer.rules import History, RuleDecision
 from shared.events import HealthAlertEvent
 from shared.runbooks import Runbook
 
+__all__ = ["SYSTEM", "Prompt", "build", "fence"]
+
 SYSTEM = """You are HemoStat's root-cause analyst for containers on a Docker host.
 You explain why an alert fired and choose what to do, only among the actions the runbook allows.
 

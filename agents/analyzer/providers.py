@@ -14,6 +14,8 @@ from agents.analyzer.prompt import Prompt
 from shared.errors import LLMError
 from shared.settings import Settings
 
+__all__ = ["AnthropicClient", "OpenAIClient"]
+
 
 class AnthropicClient:
     provider = "anthropic"

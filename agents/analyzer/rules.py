@@ -8,6 +8,8 @@ from dataclasses import dataclass, replace
 from shared.events import AlertKind, HealthAlertEvent
 from shared.runbooks import Runbook
 
+__all__ = ["DETERMINISTIC", "SIGNALS", "History", "RuleDecision", "decide"]
+
 SIGNALS = {
     1: "the application exited with an error (exit 1)",
     2: "the process was misused or misconfigured (exit 2)",

@@ -25,11 +25,12 @@ from agents.metrics.collectors import (
     StreamCollector,
 )
 from agents.metrics.instruments import PipelineMetrics
-from shared.events import DEAD_LETTER_STREAM, Channel, Envelope, Event
+from shared import keys
+from shared.events import Channel, Envelope, Event
 from shared.redis_client import CONNECTION_ERRORS, connect_sync
 from shared.settings import Settings
 
-NOTIFICATIONS = "hemostat:notifications"
+__all__ = ["MetricsAgent", "build", "build_registry"]
 
 
 def build_registry(
@@ -88,7 +89,7 @@ class MetricsAgent(BaseAgent):
     @background
     async def tail_side_streams(self) -> None:
         """Notification deliveries and dead letters are Redis streams outside the bus."""
-        last: dict[Any, Any] = {NOTIFICATIONS: "$", DEAD_LETTER_STREAM: "$"}
+        last: dict[Any, Any] = {keys.NOTIFICATIONS: "$", keys.DEAD_LETTER: "$"}
         while not self.stopping:
             try:
                 reply: Any = await self.redis.xread(last, count=500, block=1000)
@@ -99,7 +100,7 @@ class MetricsAgent(BaseAgent):
             for stream, entries in reply or []:
                 for entry_id, fields in entries:
                     last[stream] = entry_id
-                    if stream == NOTIFICATIONS:
+                    if stream == keys.NOTIFICATIONS:
                         self.metrics.delivery(
                             fields.get("channel", "?"),
                             fields.get("status", "?"),

@@ -17,11 +17,19 @@ from redis.exceptions import RedisError
 
 from shared import keys
 from shared.approvals import PENDING
-from shared.container_state import SNAPSHOT_INDEX, SNAPSHOT_PREFIX
-from shared.events import DEAD_LETTER_STREAM, Channel
+from shared.events import Channel
 from shared.heartbeat import AgentStatus, read_heartbeats
 from shared.hosts import HostRecord, HostState
 from shared.log import get_logger
+
+__all__ = [
+    "AGENTS",
+    "GROUPS",
+    "AgentCollector",
+    "ContainerCollector",
+    "HostCollector",
+    "StreamCollector",
+]
 
 log = get_logger(__name__)
 AGENTS = ("monitor", "analyzer", "responder", "alert", "metrics")
@@ -67,10 +75,10 @@ class ContainerCollector(Collector):
         self.max_age_s = max_age_s
 
     def _rows(self) -> list[list[Any]]:
-        ids = self.redis.zrangebyscore(SNAPSHOT_INDEX, time.time() - self.max_age_s, "+inf")
+        ids = self.redis.zrangebyscore(keys.CONTAINERS, time.time() - self.max_age_s, "+inf")
         pipe = self.redis.pipeline(transaction=False)
         for container_id in ids:
-            pipe.hmget(SNAPSHOT_PREFIX + str(container_id), self.FIELDS)
+            pipe.hmget(keys.CONTAINER + str(container_id), self.FIELDS)
         return [row for row in pipe.execute() if row and row[0]]
 
     def collect(self) -> Iterator[Any]:
@@ -217,7 +225,7 @@ class StreamCollector(Collector):
                 for group in groups:
                     lag.add_metric([channel, group["name"]], float(group.get("lag") or 0))
                     pending.add_metric([channel, group["name"]], float(group.get("pending") or 0))
-            dead.add_metric([], float(self.redis.xlen(DEAD_LETTER_STREAM)))
+            dead.add_metric([], float(self.redis.xlen(keys.DEAD_LETTER)))
             approvals.add_metric([], float(self.redis.zcard(PENDING)))
         except RedisError as exc:
             log.warning("metrics.streams_unavailable", error=str(exc))

@@ -22,6 +22,8 @@ from shared.events import (
 )
 from shared.ids import id_time_ms
 
+__all__ = ["EXECUTED", "FAST", "GUARDS", "SLOW", "PipelineMetrics"]
+
 GUARDS = (
     "stale",
     "action_policy",

@@ -23,8 +23,9 @@ from agents.monitor.intake import AlertmanagerIntake
 from agents.monitor.poller import Poller, latest_change
 from agents.monitor.publisher import AlertPublisher
 from agents.monitor.tracker import AlertDraft, MonitorPolicy, Tracker
+from shared import keys
 from shared.bus import Replication
-from shared.container_state import SNAPSHOT_INDEX, prune_index, record_death, write_snapshots
+from shared.container_state import prune_index, record_death, write_snapshots
 from shared.containers import ContainerInfo, own_container_id
 from shared.docker_api import DockerGateway, connect_docker
 from shared.errors import ContainerNotFound, DockerError
@@ -193,7 +194,7 @@ class MonitorAgent(BaseAgent):
         if action == "destroy":
             track = self.tracker.tracks.get(container_id)
             self.poller.forget(container_id)
-            await self.redis.zrem(SNAPSHOT_INDEX, container_id)
+            await self.redis.zrem(keys.CONTAINERS, container_id)
             if track is None:
                 return
             drafts = self.tracker.on_event(

@@ -20,18 +20,29 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
+from shared.errors import InvalidPayload
 from shared.events import AlertKind, AlertStatus, Detector, HealthAlert, Severity
 from shared.log import get_logger
 from shared.model import describe_validation_error
+
+__all__ = [
+    "MAX_BODY",
+    "WEBHOOK_PATH",
+    "AMAlert",
+    "AMPayload",
+    "ExternalAlert",
+    "Ingest",
+    "RateLimiter",
+    "Response",
+    "WebhookServer",
+    "convert",
+    "parse_payload",
+]
 
 log = get_logger(__name__)
 
 WEBHOOK_PATH = "/webhook/alertmanager"
 MAX_BODY = 1 << 20
-
-
-class InvalidPayload(ValueError):
-    """The request body is not a valid Alertmanager v4 webhook payload."""
 
 
 class _External(BaseModel):

@@ -23,6 +23,7 @@ __all__ = [
     "cause_of_death",
     "is_stopping_signal",
     "signal_number",
+    "since_last_start",
 ]
 
 STOPPING_SIGNALS = frozenset({_signal.SIGTERM, _signal.SIGKILL, _signal.SIGINT, _signal.SIGQUIT})

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from agents.monitor.stats import Counters
 
+__all__ = ["CgroupPaths", "CgroupReader"]
+
 _UNLIMITED = 1 << 62  # v1 reports "no limit" as a huge number
 
 

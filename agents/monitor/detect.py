@@ -9,6 +9,22 @@ import math
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+__all__ = [
+    "Baseline",
+    "BaselinePolicy",
+    "GatePolicy",
+    "GateState",
+    "ThresholdPolicy",
+    "ThresholdState",
+    "Transition",
+    "gate",
+    "prune",
+    "restart_loop",
+    "step_baseline",
+    "step_threshold",
+    "zscore",
+]
+
 
 class Transition(StrEnum):
     FIRED = "fired"

@@ -37,7 +37,7 @@ from shared.errors import DockerError
 from shared.log import Logger
 from shared.redis_client import CONNECTION_ERRORS
 
-__all__ = ["Cursor", "DockerEventFollower", "History", "event_nano"]
+__all__ = ["Cursor", "DockerEventFollower", "History", "as_since", "event_nano"]
 
 History = dict[str, list[Seen]]  # container id -> its events, oldest first
 _END = object()

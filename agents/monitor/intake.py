@@ -15,23 +15,22 @@ import ipaddress
 
 from agents.monitor.alertmanager import (
     ExternalAlert,
-    InvalidPayload,
     Response,
     WebhookServer,
     convert,
     parse_payload,
 )
 from agents.monitor.tracker import Tracker
+from shared import keys
 from shared.bus import Bus, Replication
 from shared.clock import Clock
-from shared.errors import BusUnavailable, ConfigError, NotReplicated
+from shared.errors import BusUnavailable, ConfigError, InvalidPayload, NotReplicated
 from shared.events import HealthAlertEvent, Source, Subject, make_event
 from shared.log import Logger
 from shared.redaction import Redactor
 
-__all__ = ["AlertmanagerIntake"]
+__all__ = ["AlertmanagerIntake", "is_loopback"]
 
-SEEN_PREFIX = "hemostat:alertmanager:seen:"
 SEEN_TTL_S = 7 * 86_400
 SUMMARY_MAX = 500  # an alert summary, cut after redaction
 
@@ -89,7 +88,7 @@ class AlertmanagerIntake:
             try:
                 stream_id = await self.bus.publish_once(
                     self.event(external),
-                    SEEN_PREFIX + external.dedup_key,
+                    keys.ALERTMANAGER_SEEN + external.dedup_key,
                     SEEN_TTL_S,
                     replication=self.replication,
                 )

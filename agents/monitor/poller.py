@@ -21,7 +21,7 @@ from shared.log import Logger
 from shared.redaction import Redactor
 from shared.settings import StatsSource
 
-__all__ = ["PollResult", "Poller"]
+__all__ = ["PollResult", "Poller", "latest_change"]
 
 SAMPLE_FIELDS = (
     "cpu_percent",

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+__all__ = ["Counters", "Sample", "counters_from_api", "derive"]
+
 
 @dataclass(frozen=True)
 class Counters:

@@ -34,6 +34,8 @@ from shared.containers import (
 from shared.events import AlertKind, AlertStatus, Detector, Severity
 from shared.settings import Settings
 
+__all__ = ["EVENT_KINDS", "AlertDraft", "MonitorPolicy", "Track", "Tracker", "watched"]
+
 EVENT_KINDS = (AlertKind.CRASH, AlertKind.OOM_KILLED, AlertKind.RESTART_LOOP)
 
 

@@ -1,1 +1,3 @@
 """The Responder: guarded remediation, approvals, audit."""
+
+__all__: list[str] = []

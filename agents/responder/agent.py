@@ -39,8 +39,8 @@ from agents.responder.core import (
 )
 from agents.responder.executor import Executor, Prepared
 from agents.responder.fatigue import Answer, FatigueStore
-from agents.responder.store import GateRefused, RequestStore, ResponderState
-from shared import audit
+from agents.responder.store import RequestStore, ResponderState
+from shared import audit, keys
 from shared.actions import Action, ActionType
 from shared.approvals import ApprovalStore, Proposal, ProposalState
 from shared.backoff import backoff_delay
@@ -48,7 +48,13 @@ from shared.bus import current_delivery
 from shared.clock import to_datetime
 from shared.containers import ContainerInfo, own_container_id
 from shared.docker_api import DockerGateway, connect_docker
-from shared.errors import ApprovalError, ContainerNotFound, DockerError, DockerUnavailable
+from shared.errors import (
+    ActionRejected,
+    ApprovalError,
+    ContainerNotFound,
+    DockerError,
+    DockerUnavailable,
+)
 from shared.events import (
     ApprovalDecisionEvent,
     ApprovalRequest,
@@ -73,7 +79,7 @@ from shared.redis_client import CONNECTION_ERRORS
 from shared.runbooks import Runbooks, load_runbooks
 from shared.settings import Settings
 
-__all__ = ["ResponderAgent", "build"]
+__all__ = ["ResponderAgent", "Work", "build"]
 
 _ACTION: TypeAdapter[Action] = TypeAdapter(Action)
 # What a proposal becomes once its execution ends.
@@ -549,8 +555,8 @@ class ResponderAgent(BaseAgent):
                 first_check_at=prepared.plan.deadline,  # issue() reschedules it sooner
                 restarting=action.type in (ActionType.RESTART, ActionType.START),
             )
-        except GateRefused as refused:
-            if refused.why == "lease_lost":
+        except ActionRejected as refused:
+            if refused.reason == "lease_lost":
                 await self._finish(
                     work,
                     verdict,
@@ -561,7 +567,7 @@ class ResponderAgent(BaseAgent):
                     action=action,
                 )
                 return False
-            self.log.warning("responder.gate_refused", request=work.request.id, why=refused.why)
+            self.log.warning("responder.gate_refused", request=work.request.id, why=refused.reason)
             return False
         work.timings["decide_ms"] = round((time.time() - work.received_at) * 1000, 1)
         task = asyncio.create_task(self._issue(work.record_key, action, info, prepared))
@@ -1141,7 +1147,7 @@ class ResponderAgent(BaseAgent):
             return
         if not record.flag("audited") and record.data.get("audit"):
             pipe = self.redis.pipeline(transaction=True)
-            pipe.xadd(audit.AUDIT_STREAM, {"record": record.data["audit"]})
+            pipe.xadd(keys.AUDIT, {"record": record.data["audit"]})
             pipe.hset(record_key, "audited", "1")
             await pipe.execute()
         event = parse_event(record.data["outcome"])

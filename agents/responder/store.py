@@ -29,10 +29,11 @@ from redis.asyncio import Redis
 
 from agents.responder.core import Claim, ClaimStatus, GuardFacts, VerifyPlan
 from shared import keys
+from shared.errors import ActionRejected
 from shared.log import Logger, get_logger
 from shared.redis_client import CONNECTION_ERRORS
 
-__all__ = ["GateRefused", "LeaseKeeper", "RequestStore", "ResponderState", "StoredRequest"]
+__all__ = ["LeaseKeeper", "RequestStore", "ResponderState", "StoredRequest"]
 
 HISTORY_TTL_S = 7 * 86_400
 
@@ -130,14 +131,6 @@ return 0
 """
 
 
-class GateRefused(Exception):
-    """The gate refused to book the action; `why` is lease_lost, claim_lost or phase_<x>."""
-
-    def __init__(self, why: str) -> None:
-        super().__init__(why)
-        self.why = why
-
-
 class StoredRequest:
     """One request record as read from Redis."""
 
@@ -212,7 +205,7 @@ class RequestStore:
         first_check_at: float,
         restarting: bool,
     ) -> None:
-        """Book the action and schedule its verification, atomically; raises GateRefused."""
+        """Book the action and schedule its verification, atomically; raises ActionRejected."""
         result = await self._gate(
             keys=[
                 record_key,
@@ -238,7 +231,7 @@ class RequestStore:
             ],
         )
         if str(result) != "ok":
-            raise GateRefused(str(result))
+            raise ActionRejected("gate", str(result))
 
     async def mark(self, record_key: str, **fields: str) -> None:
         await self.redis.hset(record_key, mapping=fields)  # type: ignore[arg-type]

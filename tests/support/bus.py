@@ -8,8 +8,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from shared import keys
 from shared.bus import Consumer
-from shared.events import DEAD_LETTER_STREAM, Channel
+from shared.events import Channel
 
 
 async def wait_until(
@@ -68,7 +69,7 @@ async def blocked_readers(redis: Any) -> int:
 
 
 async def dead_letters(redis: Any) -> list[tuple[str, dict[str, str]]]:
-    entries: list[tuple[str, dict[str, str]]] = await redis.xrange(DEAD_LETTER_STREAM)
+    entries: list[tuple[str, dict[str, str]]] = await redis.xrange(keys.DEAD_LETTER)
     return entries
 
 
