@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["MASK", "Redactor", "is_secret_key"]
+__all__ = ["MASK", "MIN_LITERAL", "Redactor", "is_secret_key"]
 
 MASK = "***"
 
@@ -220,7 +220,7 @@ _SHAPES: tuple[_Shape, ...] = (
     _shape(("sq0",), r"\bsq0(?:csp|atp)-[A-Za-z0-9_-]{22,43}"),  # Square
     _shape(("SK",), r"\bSK[0-9a-fA-F]{32}\b"),  # Twilio API key
 )
-_MIN_LITERAL = 6  # shorter registered "secrets" would mask ordinary words
+MIN_LITERAL = 6  # shorter registered "secrets" would mask ordinary words
 
 
 def is_secret_key(key: str) -> bool:
@@ -237,7 +237,7 @@ class Redactor:
 
     def register(self, *values: str) -> None:
         """Mask these exact values wherever they appear (configured secrets, test canaries)."""
-        added = {v for v in values if v and len(v) >= _MIN_LITERAL}
+        added = {v for v in values if v and len(v) >= MIN_LITERAL}
         if added - self._literals:
             self._literals |= added
             # Longest first so a secret that contains another is masked whole.
@@ -246,7 +246,7 @@ class Redactor:
 
     def scoped(self, values: Iterable[str]) -> Redactor:
         """A redactor that also masks `values` (e.g. one container's environment values)."""
-        extra = frozenset(v for v in values if v and len(v) >= _MIN_LITERAL)
+        extra = frozenset(v for v in values if v and len(v) >= MIN_LITERAL)
         if not extra or extra <= self._literals:
             return self
         return Redactor(self._literals | extra)

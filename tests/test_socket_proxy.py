@@ -29,12 +29,14 @@ import pytest
 from agents.monitor.event_stream import as_since
 from agents.socket_proxy import Mode, ProxyConfig, build_policy, check
 from agents.socket_proxy.bodies import CLONE_OF, MASK, mask_env
+from agents.socket_proxy.scrub import split_frames
 from agents.socket_proxy.wire import Framing, ResponseHead, parse_request_head, read_body
 from shared.bus import Bus
 from shared.docker_api import DockerGateway
 from shared.errors import ConfigError, ContainerNotFound, DockerError, RequestRefused
 from shared.events import RemediationStatus
 from shared.redis_server import free_port
+from shared.runbooks import load_runbooks
 from tests.support.bus import wait_until
 from tests.support.responder import OPT_IN, outcome, running_responder
 from tests.support.responder import request as remediation
@@ -293,6 +295,126 @@ def test_masking_works_on_both_framings_docker_may_use():
     by_length, by_chunks = asyncio.run(both())
     assert by_length == by_chunks == body
     assert mask_env(json.loads(by_chunks)["Config"]["Env"]) == ["API_TOKEN=***", "PATH=***"]
+
+
+# ---------------------------------------------------------------- scrubbing output
+
+
+def talker(
+    docker: Any, image: str, labels: dict[str, str], script: str, **kw: Any
+) -> tuple[Any, str]:
+    """A container whose environment holds a fresh secret, and that runs `script` (which may
+    print it) before it sleeps."""
+    secret = f"hs-{uuid.uuid4().hex}"
+    c = docker.containers.run(
+        image,
+        ["sh", "-c", script + "; exec sleep 600"],
+        labels=labels,
+        environment={"API_TOKEN": secret},
+        detach=True,
+        **kw,
+    )
+    return c, secret
+
+
+ECHO_BOTH = 'echo "out $API_TOKEN"; echo "err $API_TOKEN" >&2'
+
+
+async def test_log_tails_through_the_proxy_never_carry_the_containers_env_values(
+    proxies, gateways, docker, test_image, run_label
+):
+    c, secret = talker(docker, test_image, run_label, ECHO_BOTH)
+    gateway = gateways(proxies("read"))
+
+    async def both_lines() -> bool:
+        return len(await gateway.logs_tail(c.id, 5)) == 2
+
+    await wait_until(both_lines, what="two log lines")
+    assert secret.encode() in docker.api.logs(c.id), "the control: Docker's own log has it"
+    tail = await gateway.logs_tail(c.id, 5)
+    assert sorted(tail) == ["err ***", "out ***"]
+    assert not any(secret in line for line in tail)
+
+
+def test_a_value_docker_split_across_two_log_frames_is_scrubbed(
+    proxies, docker, test_image, run_label
+):
+    # Docker cuts a log line at 16 KiB into two messages (two frames): the value straddles it.
+    script = "head -c 16380 /dev/zero | tr '\\0' x; echo $API_TOKEN"
+    c, secret = talker(docker, test_image, run_label, script)
+    value = secret.encode()
+
+    def frames_direct() -> list[tuple[int, bytes]]:  # as Docker sent them (the SDK joins them)
+        url = f"{docker.api.base_url}/containers/{c.id}/logs"
+        return split_frames(docker.api.get(url, params={"stdout": 1, "stderr": 1}).content)
+
+    wait_for(lambda: b"".join(p for _, p in frames_direct()).endswith(value + b"\n"))
+    assert not any(value in p for _, p in frames_direct()), "the control: no frame holds it"
+
+    proxy = proxies("read")
+    query = "stdout=1&stderr=1&tail=all"
+    raw = exchange(proxy.port, request("GET", f"/v1.41/containers/{c.id}/logs?{query}"))
+    assert raw.status == 200
+    assert f"content-length: {len(raw.body)}" in raw.head.lower(), "re-framed, length told"
+    assert b"".join(p for _, p in split_frames(raw.body)) == b"x" * 16380 + b"***\n"
+    assert value[:4] not in raw.body and value[4:] not in raw.body, "no half of it either"
+
+
+async def test_a_tty_containers_log_is_scrubbed_as_raw_bytes(
+    proxies, gateways, docker, test_image, run_label
+):
+    c, secret = talker(docker, test_image, run_label, ECHO_BOTH, tty=True)
+    gateway = gateways(proxies("read"))
+
+    async def both_lines() -> bool:
+        return len(await gateway.logs_tail(c.id, 5)) == 2
+
+    await wait_until(both_lines, what="two log lines")
+    assert secret.encode() in docker.api.logs(c.id)
+    assert sorted(await gateway.logs_tail(c.id, 5)) == ["err ***", "out ***"]
+
+
+async def test_exec_output_through_the_proxy_never_carries_the_containers_env_values(
+    proxies, gateways, docker, test_image, run_label
+):
+    c, secret = talker(docker, test_image, run_label, "true")
+    gateway = gateways(proxies("act", allow_exec=True))
+    code, output = await gateway.exec(c.id, ["sh", "-c", ECHO_BOTH + "; exit 2"], None, 10)
+    assert code == 2
+    assert sorted(output.decode().splitlines()) == ["err ***", "out ***"]
+    assert secret.encode() not in output
+
+
+@pytest.mark.redis
+async def test_an_exec_actions_output_through_the_proxy_never_carries_an_env_value(
+    proxies, gateways, redis, redis_url, docker, test_image, run_label, tmp_path
+):
+    folder = tmp_path / "runbooks"
+    folder.mkdir()
+    # The value alone, with no key and no secret-looking shape: only the proxy can catch it.
+    (folder / "exec.yaml").write_text(
+        """
+id: test-actions
+version: 1
+match: {kinds: [crash]}
+actions:
+  - {id: exec-ok, type: exec, params: {argv: [sh, -c, 'echo "config $API_TOKEN"']},
+     verify: {enabled: false}}
+default_action: exec-ok
+"""
+    )
+    c, secret = talker(docker, test_image, run_label | OPT_IN, "true")
+    gateway = gateways(proxies("act", allow_exec=True))
+    async with running_responder(redis, redis_url, folder, gateway=gateway):
+        run = remediation(load_runbooks(folder), c, "exec-ok")
+        await Bus(redis).publish(run)
+        done = await outcome(redis, run.id)
+    assert done.payload.status is RemediationStatus.SUCCEEDED, done.payload.reason
+    assert done.payload.output.strip() == "config ***"
+    for key in await redis.keys("*"):
+        if await redis.type(key) == "stream":
+            for _, fields in await redis.xrange(key):
+                assert secret not in json.dumps(fields), f"the value is in {key}"
 
 
 # ---------------------------------------------------------------- refusals: nothing happens

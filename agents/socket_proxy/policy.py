@@ -34,6 +34,7 @@ __all__ = [
     "Param",
     "Policy",
     "Rule",
+    "Scrub",
     "build_policy",
 ]
 
@@ -76,6 +77,14 @@ class Param:
     hint: str = ""  # said when the value is refused
 
 
+class Scrub(Enum):
+    """Whose environment values are scrubbed out of an answer, found from the path's id."""
+
+    NONE = "none"
+    CONTAINER = "container"  # the id is the container's
+    EXEC = "exec"  # the id is an exec's: its container is asked of Docker
+
+
 @dataclass(frozen=True)
 class Rule:
     name: str
@@ -87,6 +96,8 @@ class Rule:
     check: Callable[[dict[str, Any], str], None] | None = None  # refuses by raising
     prepare: Prepare | None = None  # rebuilds the body from Docker's own data
     answer: Callable[[Any], Any] | None = None  # rewrites a 2xx JSON answer (masking)
+    # The answer is a container's output (a log, an exec's): its env values are scrubbed out.
+    scrub: Scrub = Scrub.NONE
 
 
 def _rule(
@@ -205,6 +216,7 @@ def _read_rules() -> list[Rule]:
                 "until": Param(TIME),
                 "follow": Param(FALSE, "logs are read as a bounded tail, never followed"),
             },
+            scrub=Scrub.CONTAINER,
         ),
         _rule(
             "containers.stats",
@@ -256,7 +268,14 @@ def _exec_rules() -> list[Rule]:
             body=Body.JSON,
             check=check_exec_create,
         ),
-        _rule("exec.start", "POST", rf"/exec/{_ID}/start", body=Body.JSON, check=check_exec_start),
+        _rule(
+            "exec.start",
+            "POST",
+            rf"/exec/{_ID}/start",
+            body=Body.JSON,
+            check=check_exec_start,
+            scrub=Scrub.EXEC,
+        ),
         _rule("exec.inspect", "GET", rf"/exec/{_ID}/json"),
     ]
 

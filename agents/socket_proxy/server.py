@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from agents.socket_proxy.bodies import load_object
-from agents.socket_proxy.policy import Allowed, Body, Mode, Policy, build_policy
+from agents.socket_proxy.policy import Allowed, Body, Mode, Policy, Scrub, build_policy
+from agents.socket_proxy.scrub import scrub_output
 from agents.socket_proxy.wire import (
     Framing,
     RequestHead,
@@ -37,6 +38,7 @@ from agents.socket_proxy.wire import (
 )
 from shared.errors import ConfigError, DockerError, DockerUnavailable, RequestRefused
 from shared.log import get_logger
+from shared.redaction import MIN_LITERAL
 
 __all__ = ["ProxyConfig", "SocketProxy", "check", "parse_address"]
 
@@ -85,6 +87,11 @@ class ProxyConfig:
         )
 
 
+# Between a hijacked stream's head and its (scrubbed, buffered) output: enough for a client on
+# the same host to have read the head alone.
+_HIJACK_PAUSE_S = 0.05
+
+
 class _Engine:
     """Docker as the proxy asks it for itself (a clone's source, a service's spec)."""
 
@@ -108,6 +115,28 @@ class _Engine:
             return head.status, json.loads(raw) if raw else None
         except ValueError as exc:
             raise DockerError(f"GET {path}: Docker's answer is not JSON") from exc
+
+    async def output_context(self, allowed: Allowed) -> tuple[list[str], bool]:
+        """The environment values to scrub out of an output, and whether it came from a TTY
+        (raw bytes) or not (multiplexed frames)."""
+        ident = allowed.params["id"]
+        tty: bool | None = None
+        if allowed.rule.scrub is Scrub.EXEC:
+            status, info = await self.get_json(f"/exec/{ident}/json")
+            if status != 200 or not isinstance(info, dict):
+                raise DockerError(f"exec {ident}: its container is unknown, output not scrubbed")
+            ident = str(info.get("ContainerID") or "")
+            tty = bool((info.get("ProcessConfig") or {}).get("tty"))
+        status, container = await self.get_json(f"/containers/{ident}/json")
+        if status != 200 or not isinstance(container, dict):
+            raise DockerError(f"container {ident}: its environment is unknown, output not scrubbed")
+        config = container.get("Config") or {}
+        values = [
+            value
+            for entry in config.get("Env") or []
+            if len(value := str(entry).partition("=")[2]) >= MIN_LITERAL
+        ]
+        return values, bool(config.get("Tty")) if tty is None else tty
 
 
 class SocketProxy:
@@ -299,6 +328,28 @@ class SocketProxy:
                 path=request.path,
                 status=head.status,
             )
+            if allowed.rule.scrub is not Scrub.NONE and 200 <= head.status < 300:
+                # A container's output may print its own secrets: the whole (bounded) answer is
+                # read and scrubbed before any of it leaves; what cannot be scrubbed is a 502.
+                if head.header("content-encoding"):
+                    raise DockerError("an encoded answer cannot be scrubbed")
+                raw = await read_body(up_reader, head, self.config.answer_limit)
+                values, tty = await self._engine.output_context(allowed)
+                out = await asyncio.to_thread(scrub_output, raw, values, tty)
+                started = True
+                if head.framing is Framing.CLOSE:
+                    # A hijacked stream (exec): clients read the head through a buffer, then the
+                    # raw socket, so the output must not arrive with the head (Docker sends the
+                    # head at once, the output as the command runs).
+                    writer.write(render_response_head(head, _framed(head)))
+                    await self._flush(writer)
+                    await asyncio.sleep(_HIJACK_PAUSE_S)
+                    writer.write(out)
+                else:
+                    headers = [*head.end_to_end(), ("Content-Length", str(len(out)))]
+                    writer.write(render_response_head(head, headers) + out)
+                await self._flush(writer)
+                return
             answer = allowed.rule.answer
             if answer is not None and 200 <= head.status < 300:
                 if head.header("content-encoding"):
