@@ -23,9 +23,10 @@ from redis.asyncio import Redis
 
 from shared import __version__
 from shared.backoff import backoff_delay
-from shared.bus import Bus, Consumer
+from shared.bus import Bus
 from shared.clock import Clock, SystemClock
 from shared.errors import AgentCrashed
+from shared.eventbus import EventBus, EventConsumer
 from shared.events import Channel, Event, Source
 from shared.heartbeat import AgentStatus, Heartbeat, clear_heartbeat, write_heartbeat
 from shared.log import Logger, get_logger
@@ -78,14 +79,14 @@ class BaseAgent:
         *,
         settings: Settings,
         redis: Redis,
-        bus: Bus | None = None,
+        bus: EventBus | None = None,
         clock: Clock | None = None,
         instance: str | None = None,
         concurrency: int | None = None,
     ) -> None:
         self.settings = settings
         self.redis = redis
-        self.bus = bus or Bus.from_settings(redis, settings)
+        self.bus: EventBus = bus or Bus.from_settings(redis, settings)
         self.clock: Clock = clock or SystemClock()
         self.instance = instance or settings.instance_name()
         self.concurrency = concurrency or settings.bus_concurrency
@@ -93,7 +94,7 @@ class BaseAgent:
         self.log: Logger = get_logger(f"hemostat.{self.name}").bind(
             agent=self.name, instance=self.instance
         )
-        self.consumer: Consumer | None = None
+        self.consumer: EventConsumer | None = None
         self.started_at: datetime | None = None
         self._stop = asyncio.Event()
         self._degraded: dict[str, str] = {}

@@ -36,7 +36,6 @@ import hashlib
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, TypeVar
@@ -48,6 +47,14 @@ from redis.exceptions import NoScriptError, ResponseError
 from shared import keys
 from shared.backoff import backoff_delay
 from shared.errors import BusUnavailable, InvalidEventError, NotReplicated
+from shared.eventbus import (
+    ConsumerStats,
+    Delivery,
+    Handler,
+    PartitionKey,
+    current_delivery,
+    delivering,
+)
 from shared.events import Envelope, Event, encode_event, parse_event
 from shared.log import get_logger
 from shared.redis_client import CONNECTION_ERRORS
@@ -70,8 +77,6 @@ log = get_logger(__name__)
 
 
 T = TypeVar("T")
-Handler = Callable[[Event], Awaitable[None]]
-PartitionKey = Callable[[Event], str | None]
 RawFields = dict[bytes, bytes]
 
 
@@ -85,27 +90,6 @@ async def _raw(redis: Redis, *args: Any) -> Any:
 # smaller ones are cheaper inline than the marker key that deduplicates them.
 _SHARE_EXCERPT_OVER = 4_096
 _EXCERPT_MARKER_TTL_MS = 24 * 3600 * 1000
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """The stream entry a handler is handling. A retry of the same entry keeps `message_id` and
-    raises `attempt`; a twin entry (the same event or idempotency key published again) has its own
-    `message_id`."""
-
-    channel: str
-    message_id: str
-    group: str
-    consumer: str
-    attempt: int
-
-
-_delivery: ContextVar[Delivery | None] = ContextVar("hemostat_bus_delivery", default=None)
-
-
-def current_delivery() -> Delivery | None:
-    """The delivery the running bus handler is handling; None outside a handler."""
-    return _delivery.get()
 
 
 class _Script:
@@ -472,22 +456,6 @@ class Bus:
 
 
 @dataclass
-class ConsumerStats:
-    handled: int = 0
-    failed: int = 0  # handler failures, timeouts included (one per attempt)
-    dead_lettered: int = 0
-    reclaimed: int = 0
-    invalid: int = 0  # not UTF-8, not JSON or not a valid envelope
-    timed_out: int = 0  # handler attempts cancelled after handler_timeout_s
-    trimmed: int = 0  # messages trimmed from their stream while pending
-    claims_lost: int = 0  # in-flight messages another replica reclaimed (this one had stalled)
-    groups_recreated: int = 0  # streams or groups lost under this consumer and recreated
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
-
-
-@dataclass
 class _InFlight:
     channel: str
     message_id: str
@@ -816,14 +784,14 @@ class Consumer:
     ) -> tuple[str, Exception] | None:
         """Run the handler once: None when it succeeded, else what went wrong."""
         delivery = Delivery(flight.channel, flight.message_id, self.group, self.name, attempt)
-        token = _delivery.set(delivery)
         deadline = asyncio.timeout(self.handler_timeout_s)
         try:
-            key = self.partition_key(event) if self.partition_key else None
-            # The deadline starts once the partition lock is held: waiting behind another event
-            # of the same key is not this handler hanging.
-            async with self._locks.hold(key), deadline:
-                await self.handler(event)
+            with delivering(delivery):
+                key = self.partition_key(event) if self.partition_key else None
+                # The deadline starts once the partition lock is held: waiting behind another
+                # event of the same key is not this handler hanging.
+                async with self._locks.hold(key), deadline:
+                    await self.handler(event)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # loop boundary: one bad message never kills the consumer
@@ -832,8 +800,6 @@ class Consumer:
                 self.stats.timed_out += 1
                 return f"handler timed out after {self.handler_timeout_s:g}s (cancelled)", exc
             return f"{type(exc).__name__}: {exc}", exc
-        finally:
-            _delivery.reset(token)
         return None
 
     async def _claim_for_retry(self, channel: str, message_id: str) -> _Claim | None:

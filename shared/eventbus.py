@@ -1,0 +1,142 @@
+"""What an agent uses of the event bus, whatever carries the events.
+
+`EventBus` is the publishing side and the way to build an `EventConsumer`, which calls a handler
+once per event (retrying a failing one, then dead-lettering it) between `run()` and `stop()`.
+Two implementations: `shared.bus.Bus` (Redis Streams, production) and `shared.stub_bus.StubBus`
+(in memory, for tests of a handler's logic; dramatiq's `StubBroker`).
+
+A handler learns which delivery it handles from `current_delivery()`, on either bus.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from shared.events import Envelope, Event
+from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from shared.bus import Replication
+
+__all__ = [
+    "ConsumerStats",
+    "Delivery",
+    "EventBus",
+    "EventConsumer",
+    "Handler",
+    "PartitionKey",
+    "current_delivery",
+    "delivering",
+]
+
+Handler = Callable[[Event], Awaitable[None]]
+PartitionKey = Callable[[Event], str | None]
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """The stream entry a handler is handling. A retry of the same entry keeps `message_id` and
+    raises `attempt`; a twin entry (the same event or idempotency key published again) has its own
+    `message_id`."""
+
+    channel: str
+    message_id: str
+    group: str
+    consumer: str
+    attempt: int
+
+
+_delivery: ContextVar[Delivery | None] = ContextVar("hemostat_bus_delivery", default=None)
+
+
+def current_delivery() -> Delivery | None:
+    """The delivery the running bus handler is handling; None outside a handler."""
+    return _delivery.get()
+
+
+@contextmanager
+def delivering(delivery: Delivery) -> Iterator[None]:
+    """Run a handler with `delivery` as its `current_delivery()` (for bus implementations)."""
+    token = _delivery.set(delivery)
+    try:
+        yield
+    finally:
+        _delivery.reset(token)
+
+
+@dataclass
+class ConsumerStats:
+    handled: int = 0
+    failed: int = 0  # handler failures, timeouts included (one per attempt)
+    dead_lettered: int = 0
+    reclaimed: int = 0
+    invalid: int = 0  # not UTF-8, not JSON or not a valid envelope
+    timed_out: int = 0  # handler attempts cancelled after handler_timeout_s
+    trimmed: int = 0  # messages trimmed from their stream while pending
+    claims_lost: int = 0  # in-flight messages another replica reclaimed (this one had stalled)
+    groups_recreated: int = 0  # streams or groups lost under this consumer and recreated
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class EventConsumer(Protocol):
+    """One consumer of a group over several channels: `run()` until `stop()`, then drain."""
+
+    @property
+    def stats(self) -> ConsumerStats: ...
+
+    @property
+    def inflight(self) -> int:
+        """Handlers running now."""
+        ...
+
+    @property
+    def connected(self) -> bool:
+        """False while the transport is unreachable (for health reporting)."""
+        ...
+
+    async def run(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class EventBus(Protocol):
+    """Publishing events and consuming them as a group."""
+
+    async def publish(self, event: Envelope, *, replication: Replication | None = None) -> str:
+        """Append the event to its channel; returns the entry id."""
+        ...
+
+    async def publish_many(self, events: Sequence[Envelope]) -> list[str]: ...
+
+    async def publish_once(
+        self,
+        event: Envelope,
+        marker: str,
+        ttl_s: int,
+        *,
+        replication: Replication | None = None,
+    ) -> str | None:
+        """Publish unless `marker` was published already: the entry id, or None for a repeat."""
+        ...
+
+    async def create_group(self, channel: str, group: str, start: str = "0") -> bool:
+        """Create the group at `start` if missing; True when it was created."""
+        ...
+
+    def consumer_from_settings(
+        self,
+        settings: Settings,
+        *,
+        group: str,
+        name: str,
+        channels: Iterable[str],
+        handler: Handler,
+        concurrency: int | None = None,
+        partition_key: PartitionKey | None = None,
+    ) -> EventConsumer: ...
