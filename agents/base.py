@@ -6,7 +6,9 @@ background loops (`@background` / `@periodic`). `run()` does the rest: lifecycle
 graceful stop that lets in-flight handlers finish within the grace period.
 
 Agents never touch signals, the event loop or logging configuration: the runner owns those and
-calls `stop()`. Collaborators (Redis, bus, clock, Docker, LLM clients) are injected.
+calls `stop()`. Collaborators (Redis, bus, clock, Docker, LLM clients) are injected. A test can run
+an agent on a `StubBus` with `redis=None`: no heartbeat is written, and only handlers that keep no
+state in Redis can work that way.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 from redis.asyncio import Redis
 
@@ -78,15 +80,24 @@ class BaseAgent:
         self,
         *,
         settings: Settings,
-        redis: Redis,
+        redis: Redis | None,
         bus: EventBus | None = None,
         clock: Clock | None = None,
         instance: str | None = None,
         concurrency: int | None = None,
     ) -> None:
         self.settings = settings
-        self.redis = redis
-        self.bus: EventBus = bus or Bus.from_settings(redis, settings)
+        # None only in tests on a StubBus (see the module's docstring); agents that keep state
+        # in Redis use it as a client.
+        self.redis = cast(Redis, redis)
+        self._beats = redis is not None
+        if bus is None:
+            if redis is None:
+                raise ValueError(
+                    "an agent needs a bus: pass bus=, or a Redis client for the Redis bus"
+                )
+            bus = Bus.from_settings(redis, settings)
+        self.bus: EventBus = bus
         self.clock: Clock = clock or SystemClock()
         self.instance = instance or settings.instance_name()
         self.concurrency = concurrency or settings.bus_concurrency
@@ -212,16 +223,20 @@ class BaseAgent:
         try:
             done, _ = await asyncio.wait([stop_waiter, *core], return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                if task is not stop_waiter:
-                    crashed = task.exception() or AgentCrashed(f"{core[task]} ended unexpectedly")
-                    self.log.critical("agent.core_task_ended", task=core[task], error=str(crashed))
+                if task is stop_waiter:
+                    continue
+                if task.exception() is None and self.stopping:
+                    continue  # it returned because stop was asked, in the same loop iteration
+                crashed = task.exception() or AgentCrashed(f"{core[task]} ended unexpectedly")
+                self.log.critical("agent.core_task_ended", task=core[task], error=str(crashed))
         finally:
             self.stop()
             stop_waiter.cancel()
             self.log.info("agent.stopping")
             # Others (the fleet's host watch, `hemostat check`) see it is going at once.
-            with contextlib.suppress(*CONNECTION_ERRORS):
-                await write_heartbeat(self.redis, self._heartbeat())
+            if self._beats:
+                with contextlib.suppress(*CONNECTION_ERRORS):
+                    await write_heartbeat(self.redis, self._heartbeat())
             await self.on_stopping()
             # The consumer drains its in-flight handlers within the grace period; loops end on
             # the stop flag (their `sleep` returns), cancellation is the last resort.
@@ -233,8 +248,9 @@ class BaseAgent:
             finally:
                 heartbeat.cancel()
                 await join_tasks(heartbeat, timeout=2.0)
-                with contextlib.suppress(*CONNECTION_ERRORS):
-                    await clear_heartbeat(self.redis, self.name, self.instance)
+                if self._beats:
+                    with contextlib.suppress(*CONNECTION_ERRORS):
+                        await clear_heartbeat(self.redis, self.name, self.instance)
                 self.log.info("agent.stopped")
         if crashed is not None:
             raise AgentCrashed(str(crashed)) from crashed
@@ -290,6 +306,8 @@ class BaseAgent:
         )
 
     async def _heartbeat_loop(self) -> None:
+        if not self._beats:
+            return  # no Redis (a test on a StubBus): nobody to tell
         while True:
             try:
                 await write_heartbeat(self.redis, self._heartbeat())
