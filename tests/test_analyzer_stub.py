@@ -9,6 +9,7 @@ tests/test_analyzer_agent.py stay, for delivery itself (redelivery after a crash
 from __future__ import annotations
 
 import contextlib
+import time
 from pathlib import Path
 
 import pytest
@@ -212,3 +213,49 @@ async def test_an_obeying_llm_cannot_silence_a_crash_the_rules_saw(redis, redis_
     assert isinstance(decision, RemediationNeededEvent)
     assert decision.payload.analysis.decided_by is AnalysisMethod.RULES
     assert "false alarm" in decision.payload.analysis.overruled
+
+
+async def test_a_host_gone_past_the_grace_is_escalated_and_told_when_back(redis, redis_url):
+    from shared.clock import ManualClock
+    from shared.heartbeat import AgentStatus, Heartbeat, clear_heartbeat, write_heartbeat
+
+    clock = ManualClock(time.time())
+    settings = make_settings(redis_url, fleet_host_grace_s=10)
+    stub = StubBus()
+    agent = AnalyzerAgent(settings=settings, redis=redis, bus=stub, runbooks=RUNBOOKS, clock=clock)
+
+    async def beat() -> None:
+        for name in ("monitor", "responder"):
+            await write_heartbeat(
+                redis,
+                Heartbeat(
+                    agent=name,
+                    instance=f"{name}-1",
+                    host="edge-1",
+                    pid=1,
+                    version="0",
+                    status=AgentStatus.OK,
+                    started_at=clock.now(),
+                    beat_at=clock.now(),
+                    ttl_s=30,
+                ),
+            )
+
+    await beat()
+    await agent.watch_hosts()
+    assert not stub.published(Channel.ESCALATION), "a host first seen watched is no news"
+    for name in ("monitor", "responder"):
+        await clear_heartbeat(redis, name, f"{name}-1")
+    await agent.watch_hosts()  # gone, but not for the grace period yet
+    assert not stub.published(Channel.ESCALATION)
+    clock.advance(11)
+    await agent.watch_hosts()
+    [gone] = stub.published(Channel.ESCALATION)
+    assert (gone.payload.guard, gone.severity) == ("host_unwatched", "critical")
+    assert gone.emitted_at == gone.occurred_at == clock.now()
+    assert (gone.source.agent, gone.causation_id, gone.incident_id) == ("analyzer", None, None)
+    assert gone.idempotency_key.startswith("host:edge-1:unwatched:")
+    await beat()
+    await agent.watch_hosts()
+    _, back = stub.published(Channel.ESCALATION)
+    assert (back.payload.guard, back.severity) == ("host_watched", "info")
