@@ -29,9 +29,10 @@ from shared.bus import Bus
 from shared.clock import Clock, SystemClock
 from shared.errors import AgentCrashed
 from shared.eventbus import EventBus, EventConsumer
-from shared.events import Channel, Event, Source
+from shared.events import Channel, Envelope, Event, Severity, Source, Subject, make_event
 from shared.heartbeat import AgentStatus, Heartbeat, clear_heartbeat, write_heartbeat
 from shared.log import Logger, get_logger
+from shared.model import Model
 from shared.redis_client import CONNECTION_ERRORS
 from shared.settings import Settings
 from shared.tasks import join_tasks
@@ -39,6 +40,7 @@ from shared.tasks import join_tasks
 __all__ = ["BaseAgent", "Interval", "LoopSpec", "background", "periodic"]
 
 F = TypeVar("F", bound=Callable[..., Awaitable[None]])
+E = TypeVar("E", bound=Envelope)
 Interval = float | Callable[[Any], float]
 
 
@@ -148,6 +150,66 @@ class BaseAgent:
         if self._degraded:
             details["degraded"] = dict(self._degraded)
         return details
+
+    # ------------------------------------------------------------------ events
+
+    def event(
+        self,
+        cls: type[E],
+        payload: Model,
+        *,
+        subject: Subject,
+        severity: Severity,
+        caused_by: Envelope | None = None,
+        incident_id: str | None = None,
+        idempotency_key: str | None = None,
+        occurred_at: datetime | None = None,
+    ) -> E:
+        """A new event from this agent, stamped with its source and its clock's now (occurred
+        then too, unless `occurred_at`). Answering `caused_by`, it carries that event's id as
+        causation and its incident, unless `incident_id` names another. Without
+        `idempotency_key` the event's own id is its key."""
+        if incident_id is None and caused_by is not None:
+            incident_id = caused_by.incident_id
+        now = self.clock.now()
+        return make_event(
+            cls,
+            source=self.source,
+            subject=subject,
+            severity=severity,
+            payload=payload,
+            occurred_at=occurred_at or now,
+            emitted_at=now,
+            incident_id=incident_id,
+            causation_id=caused_by.id if caused_by is not None else None,
+            idempotency_key=idempotency_key,
+        )
+
+    async def emit(
+        self,
+        cls: type[E],
+        payload: Model,
+        *,
+        subject: Subject,
+        severity: Severity,
+        caused_by: Envelope | None = None,
+        incident_id: str | None = None,
+        idempotency_key: str | None = None,
+        occurred_at: datetime | None = None,
+    ) -> E:
+        """Build an event as `event()` does and publish it; returns it."""
+        event = self.event(
+            cls,
+            payload,
+            subject=subject,
+            severity=severity,
+            caused_by=caused_by,
+            incident_id=incident_id,
+            idempotency_key=idempotency_key,
+            occurred_at=occurred_at,
+        )
+        await self.bus.publish(event)
+        return event
 
     # ------------------------------------------------------------------ state
 

@@ -131,3 +131,45 @@ async def test_graceful_stop_lets_in_flight_handlers_finish():
             await asyncio.sleep(0)
     # started() stopped the agent with five handlers still sleeping: they all finished.
     assert sorted(agent.handled) == sorted(e.id for e in events)
+
+
+async def test_emit_stamps_source_clock_causation_and_incident_and_publishes():
+    from shared.clock import ManualClock
+    from shared.events import Escalation, EscalationEvent, Severity
+
+    class Answers(BaseAgent):
+        name = "answers"
+        consumes = (Channel.HEALTH_ALERT,)
+
+        async def handle(self, event: Event) -> None:
+            await self.emit(
+                EscalationEvent,
+                Escalation(reason="seen", guard="test"),
+                subject=event.subject,
+                severity=Severity.WARNING,
+                caused_by=event,
+                idempotency_key=f"answer:{event.idempotency_key}",
+            )
+
+    stub = StubBus()
+    clock = ManualClock()
+    agent = Answers(settings=stub_settings(instance="a-1"), redis=None, bus=stub, clock=clock)
+    alert = factories.health_alert("c1").model_copy(update={"incident_id": "inc-1"})
+    async with started(agent):
+        await stub.publish(alert)
+        await stub.join(Channel.HEALTH_ALERT)
+    [answer] = stub.published(Channel.ESCALATION)
+    assert (answer.source.agent, answer.source.instance) == ("answers", "a-1")
+    assert answer.occurred_at == answer.emitted_at == clock.now()
+    assert (answer.causation_id, answer.incident_id) == (alert.id, "inc-1")
+    assert answer.idempotency_key == f"answer:{alert.idempotency_key}"
+    assert answer.subject == alert.subject
+    own = agent.event(
+        EscalationEvent,
+        Escalation(reason="r", guard="g"),
+        subject=alert.subject,
+        severity=Severity.INFO,
+        caused_by=alert,
+        incident_id="inc-2",
+    )
+    assert (own.incident_id, own.idempotency_key) == ("inc-2", own.id)
