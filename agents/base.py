@@ -28,7 +28,7 @@ from shared.backoff import backoff_delay
 from shared.bus import Bus
 from shared.clock import Clock, SystemClock
 from shared.errors import AgentCrashed
-from shared.eventbus import EventBus, EventConsumer
+from shared.eventbus import ConsumerOptions, EventBus, EventConsumer
 from shared.events import Channel, Envelope, Event, Severity, Source, Subject, make_event
 from shared.heartbeat import AgentStatus, Heartbeat, clear_heartbeat, write_heartbeat
 from shared.log import Logger, get_logger
@@ -259,13 +259,12 @@ class BaseAgent:
         core: dict[asyncio.Task[Any], str] = {}
         loops: list[asyncio.Task[None]] = []
         if self.consumes:
-            self.consumer = self.bus.consumer_from_settings(
-                self.settings,
+            self.consumer = self.bus.consumer(
                 group=self.group,
                 name=self.instance,
                 channels=[str(c) for c in self.consumes],
                 handler=self.handle,
-                concurrency=self.concurrency,
+                options=ConsumerOptions.from_settings(self.settings, concurrency=self.concurrency),
                 partition_key=self.partition_key,
             )
             if self.stopping:

@@ -36,7 +36,7 @@ import hashlib
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -48,6 +48,7 @@ from shared import keys
 from shared.backoff import backoff_delay
 from shared.errors import BusUnavailable, InvalidEventError, NotReplicated
 from shared.eventbus import (
+    ConsumerOptions,
     ConsumerStats,
     Delivery,
     Handler,
@@ -64,6 +65,7 @@ from shared.tasks import KeyedLocks, join_tasks
 __all__ = [
     "Bus",
     "Consumer",
+    "ConsumerOptions",
     "ConsumerStats",
     "Delivery",
     "Handler",
@@ -400,30 +402,19 @@ class Bus:
         name: str,
         channels: Iterable[str],
         handler: Handler,
-        concurrency: int = 16,
-        block_ms: int = 1_000,
-        max_deliveries: int = 5,
-        claim_idle_ms: int = 30_000,
-        reclaim_interval_s: float = 5.0,
-        retry_backoff_s: float = 0.5,
-        handler_timeout_s: float | None = 900.0,
-        grace_s: float = 20.0,
+        options: ConsumerOptions | None = None,
         partition_key: PartitionKey | None = None,
+        **tuning: Any,
     ) -> Consumer:
+        """A consumer of `group`; `tuning` overrides fields of `options` (by default
+        `ConsumerOptions()`) by name, e.g. `block_ms=50`."""
         return Consumer(
             self,
             group=group,
             name=name,
             channels=list(channels),
             handler=handler,
-            concurrency=concurrency,
-            block_ms=block_ms,
-            max_deliveries=max_deliveries,
-            claim_idle_ms=claim_idle_ms,
-            reclaim_interval_s=reclaim_interval_s,
-            retry_backoff_s=retry_backoff_s,
-            handler_timeout_s=handler_timeout_s,
-            grace_s=grace_s,
+            options=replace(options or ConsumerOptions(), **tuning),
             partition_key=partition_key,
         )
 
@@ -438,19 +429,14 @@ class Bus:
         concurrency: int | None = None,
         partition_key: PartitionKey | None = None,
     ) -> Consumer:
+        """A consumer with the configured `ConsumerOptions` (kept for callers that have only the
+        settings at hand)."""
         return self.consumer(
             group=group,
             name=name,
             channels=channels,
             handler=handler,
-            concurrency=concurrency or settings.bus_concurrency,
-            block_ms=settings.bus_block_ms,
-            max_deliveries=settings.bus_max_deliveries,
-            claim_idle_ms=settings.bus_claim_idle_ms,
-            reclaim_interval_s=settings.bus_reclaim_interval_s,
-            retry_backoff_s=settings.bus_retry_backoff_s,
-            handler_timeout_s=settings.bus_handler_timeout_s,
-            grace_s=settings.shutdown_grace_s,
+            options=ConsumerOptions.from_settings(settings, concurrency=concurrency),
             partition_key=partition_key,
         )
 
@@ -504,14 +490,7 @@ class Consumer:
         name: str,
         channels: list[str],
         handler: Handler,
-        concurrency: int,
-        block_ms: int,
-        max_deliveries: int,
-        claim_idle_ms: int,
-        reclaim_interval_s: float,
-        retry_backoff_s: float,
-        handler_timeout_s: float | None,
-        grace_s: float,
+        options: ConsumerOptions,
         partition_key: PartitionKey | None,
     ) -> None:
         if not channels:
@@ -522,14 +501,15 @@ class Consumer:
         self.name = name
         self.channels = channels
         self.handler = handler
-        self.concurrency = concurrency
-        self.block_ms = block_ms
-        self.max_deliveries = max_deliveries
-        self.claim_idle_ms = claim_idle_ms
-        self.reclaim_interval_s = reclaim_interval_s
-        self.retry_backoff_s = retry_backoff_s
-        self.handler_timeout_s = handler_timeout_s
-        self.grace_s = grace_s
+        self.options = options
+        self.concurrency = options.concurrency
+        self.block_ms = options.block_ms
+        self.max_deliveries = options.max_deliveries
+        self.claim_idle_ms = options.claim_idle_ms
+        self.reclaim_interval_s = options.reclaim_interval_s
+        self.retry_backoff_s = options.retry_backoff_s
+        self.handler_timeout_s = options.handler_timeout_s
+        self.grace_s = options.grace_s
         self.partition_key = partition_key
         self.stats = ConsumerStats()
         self._inflight: dict[tuple[str, str], _InFlight] = {}

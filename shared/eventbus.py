@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shared.events import Envelope, Event
 from shared.settings import Settings
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from shared.bus import Replication
 
 __all__ = [
+    "ConsumerOptions",
     "ConsumerStats",
     "Delivery",
     "EventBus",
@@ -66,6 +67,44 @@ def delivering(delivery: Delivery) -> Iterator[None]:
         yield
     finally:
         _delivery.reset(token)
+
+
+@dataclass(frozen=True)
+class ConsumerOptions:
+    """How a consumer reads and handles (httpx's `Timeout`/`Limits`): one value passed where a
+    consumer is built, instead of a dozen keyword arguments. The defaults are the settings'."""
+
+    concurrency: int = 16  # handlers running at once
+    block_ms: int = 1_000  # how long one read blocks waiting for events
+    max_deliveries: int = 5  # deliveries of a failing event before it is dead-lettered
+    claim_idle_ms: int = 30_000  # idle time after which a dead consumer's event is reclaimed
+    reclaim_interval_s: float = 5.0  # how often to look for events to reclaim
+    retry_backoff_s: float = 0.5  # first retry delay of a failed handler (doubles each time)
+    handler_timeout_s: float | None = 900.0  # a handler running longer is cancelled (None: never)
+    grace_s: float = 20.0  # on stop, how long in-flight handlers may still run
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {self.concurrency}")
+        if self.max_deliveries < 1:
+            raise ValueError(f"max_deliveries must be at least 1, not {self.max_deliveries}")
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, concurrency: int | None = None
+    ) -> ConsumerOptions:
+        """The configured options (HEMOSTAT_BUS_*, HEMOSTAT_SHUTDOWN_GRACE_S); `concurrency`
+        overrides HEMOSTAT_BUS_CONCURRENCY when given."""
+        return cls(
+            concurrency=concurrency or settings.bus_concurrency,
+            block_ms=settings.bus_block_ms,
+            max_deliveries=settings.bus_max_deliveries,
+            claim_idle_ms=settings.bus_claim_idle_ms,
+            reclaim_interval_s=settings.bus_reclaim_interval_s,
+            retry_backoff_s=settings.bus_retry_backoff_s,
+            handler_timeout_s=settings.bus_handler_timeout_s,
+            grace_s=settings.shutdown_grace_s,
+        )
 
 
 @dataclass
@@ -129,14 +168,16 @@ class EventBus(Protocol):
         """Create the group at `start` if missing; True when it was created."""
         ...
 
-    def consumer_from_settings(
+    def consumer(
         self,
-        settings: Settings,
         *,
         group: str,
         name: str,
         channels: Iterable[str],
         handler: Handler,
-        concurrency: int | None = None,
+        options: ConsumerOptions | None = None,
         partition_key: PartitionKey | None = None,
-    ) -> EventConsumer: ...
+        **tuning: Any,
+    ) -> EventConsumer:
+        """A consumer of `group`; `tuning` overrides fields of `options` by name."""
+        ...

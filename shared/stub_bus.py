@@ -18,7 +18,8 @@ What it keeps like the Redis bus:
 - A failing handler is redelivered (same `message_id`, `attempt` + 1) until the settings' max
   deliveries, then the event goes to `dead_letters` with the error and the exception.
 
-What it leaves out: retry backoff (retries are immediate), reclaiming from dead consumers,
+What it leaves out: retry backoff (retries are immediate; of `ConsumerOptions` only
+concurrency, max_deliveries and handler_timeout_s apply), reclaiming from dead consumers,
 acknowledgements, trimming (`MAXLEN`), lost streams or groups, replication (`replication=` is
 accepted and ignored: in memory, everything is "confirmed"), marker TTLs of `publish_once`
 (a marker never expires), and pub/sub for live viewers. Those are the Redis bus's own tests.
@@ -29,11 +30,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 from shared.errors import InvalidEventError
 from shared.eventbus import (
+    ConsumerOptions,
     ConsumerStats,
     Delivery,
     EventBus,
@@ -165,21 +167,19 @@ class StubBus:
         name: str,
         channels: Iterable[str],
         handler: Handler,
-        concurrency: int = 16,
-        max_deliveries: int = 5,
-        handler_timeout_s: float | None = 900.0,
+        options: ConsumerOptions | None = None,
         partition_key: PartitionKey | None = None,
+        **tuning: Any,
     ) -> StubConsumer:
-        """A consumer of `group` (created at "0" if missing, as the Redis consumer does)."""
+        """A consumer of `group` (created at "0" if missing, as the Redis consumer does). Of its
+        options, the stub uses concurrency, max_deliveries and handler_timeout_s."""
         consumer = StubConsumer(
             self,
             group=group,
             name=name,
             channels=list(channels),
             handler=handler,
-            concurrency=concurrency,
-            max_deliveries=max_deliveries,
-            handler_timeout_s=handler_timeout_s,
+            options=replace(options or ConsumerOptions(), **tuning),
             partition_key=partition_key,
         )
         for channel in consumer.channels:
@@ -203,9 +203,7 @@ class StubBus:
             name=name,
             channels=channels,
             handler=handler,
-            concurrency=concurrency or settings.bus_concurrency,
-            max_deliveries=settings.bus_max_deliveries,
-            handler_timeout_s=settings.bus_handler_timeout_s,
+            options=ConsumerOptions.from_settings(settings, concurrency=concurrency),
             partition_key=partition_key,
         )
 
@@ -271,9 +269,7 @@ class StubConsumer:
         name: str,
         channels: list[str],
         handler: Handler,
-        concurrency: int,
-        max_deliveries: int,
-        handler_timeout_s: float | None,
+        options: ConsumerOptions,
         partition_key: PartitionKey | None,
     ) -> None:
         if not channels:
@@ -283,9 +279,10 @@ class StubConsumer:
         self.name = name
         self.channels = channels
         self.handler = handler
-        self.concurrency = max(1, concurrency)
-        self.max_deliveries = max(1, max_deliveries)
-        self.handler_timeout_s = handler_timeout_s
+        self.options = options
+        self.concurrency = options.concurrency
+        self.max_deliveries = options.max_deliveries
+        self.handler_timeout_s = options.handler_timeout_s
         self.partition_key = partition_key
         self.stats = ConsumerStats()
         self._tasks: set[asyncio.Task[None]] = set()
