@@ -6,7 +6,9 @@ background loops (`@background` / `@periodic`). `run()` does the rest: lifecycle
 graceful stop that lets in-flight handlers finish within the grace period.
 
 Agents never touch signals, the event loop or logging configuration: the runner owns those and
-calls `stop()`. Collaborators (Redis, bus, clock, Docker, LLM clients) are injected.
+calls `stop()`. Collaborators (Redis, bus, clock, Docker, LLM clients) are injected. A test can run
+an agent on a `StubBus` with `redis=None`: no heartbeat is written, and only handlers that keep no
+state in Redis can work that way.
 """
 
 from __future__ import annotations
@@ -17,18 +19,20 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 from redis.asyncio import Redis
 
 from shared import __version__
 from shared.backoff import backoff_delay
-from shared.bus import Bus, Consumer
+from shared.bus import Bus
 from shared.clock import Clock, SystemClock
 from shared.errors import AgentCrashed
-from shared.events import Channel, Event, Source
+from shared.eventbus import ConsumerOptions, EventBus, EventConsumer
+from shared.events import Channel, Envelope, Event, Severity, Source, Subject, make_event
 from shared.heartbeat import AgentStatus, Heartbeat, clear_heartbeat, write_heartbeat
 from shared.log import Logger, get_logger
+from shared.model import Model
 from shared.redis_client import CONNECTION_ERRORS
 from shared.settings import Settings
 from shared.tasks import join_tasks
@@ -36,6 +40,7 @@ from shared.tasks import join_tasks
 __all__ = ["BaseAgent", "Interval", "LoopSpec", "background", "periodic"]
 
 F = TypeVar("F", bound=Callable[..., Awaitable[None]])
+E = TypeVar("E", bound=Envelope)
 Interval = float | Callable[[Any], float]
 
 
@@ -77,15 +82,24 @@ class BaseAgent:
         self,
         *,
         settings: Settings,
-        redis: Redis,
-        bus: Bus | None = None,
+        redis: Redis | None,
+        bus: EventBus | None = None,
         clock: Clock | None = None,
         instance: str | None = None,
         concurrency: int | None = None,
     ) -> None:
         self.settings = settings
-        self.redis = redis
-        self.bus = bus or Bus.from_settings(redis, settings)
+        # None only in tests on a StubBus (see the module's docstring); agents that keep state
+        # in Redis use it as a client.
+        self.redis = cast(Redis, redis)
+        self._beats = redis is not None
+        if bus is None:
+            if redis is None:
+                raise ValueError(
+                    "an agent needs a bus: pass bus=, or a Redis client for the Redis bus"
+                )
+            bus = Bus.from_settings(redis, settings)
+        self.bus: EventBus = bus
         self.clock: Clock = clock or SystemClock()
         self.instance = instance or settings.instance_name()
         self.concurrency = concurrency or settings.bus_concurrency
@@ -93,7 +107,7 @@ class BaseAgent:
         self.log: Logger = get_logger(f"hemostat.{self.name}").bind(
             agent=self.name, instance=self.instance
         )
-        self.consumer: Consumer | None = None
+        self.consumer: EventConsumer | None = None
         self.started_at: datetime | None = None
         self._stop = asyncio.Event()
         self._degraded: dict[str, str] = {}
@@ -136,6 +150,66 @@ class BaseAgent:
         if self._degraded:
             details["degraded"] = dict(self._degraded)
         return details
+
+    # ------------------------------------------------------------------ events
+
+    def event(
+        self,
+        cls: type[E],
+        payload: Model,
+        *,
+        subject: Subject,
+        severity: Severity,
+        caused_by: Envelope | None = None,
+        incident_id: str | None = None,
+        idempotency_key: str | None = None,
+        occurred_at: datetime | None = None,
+    ) -> E:
+        """A new event from this agent, stamped with its source and its clock's now (occurred
+        then too, unless `occurred_at`). Answering `caused_by`, it carries that event's id as
+        causation and its incident, unless `incident_id` names another. Without
+        `idempotency_key` the event's own id is its key."""
+        if incident_id is None and caused_by is not None:
+            incident_id = caused_by.incident_id
+        now = self.clock.now()
+        return make_event(
+            cls,
+            source=self.source,
+            subject=subject,
+            severity=severity,
+            payload=payload,
+            occurred_at=occurred_at or now,
+            emitted_at=now,
+            incident_id=incident_id,
+            causation_id=caused_by.id if caused_by is not None else None,
+            idempotency_key=idempotency_key,
+        )
+
+    async def emit(
+        self,
+        cls: type[E],
+        payload: Model,
+        *,
+        subject: Subject,
+        severity: Severity,
+        caused_by: Envelope | None = None,
+        incident_id: str | None = None,
+        idempotency_key: str | None = None,
+        occurred_at: datetime | None = None,
+    ) -> E:
+        """Build an event as `event()` does and publish it; returns it."""
+        event = self.event(
+            cls,
+            payload,
+            subject=subject,
+            severity=severity,
+            caused_by=caused_by,
+            incident_id=incident_id,
+            idempotency_key=idempotency_key,
+            occurred_at=occurred_at,
+        )
+        await self.bus.publish(event)
+        return event
 
     # ------------------------------------------------------------------ state
 
@@ -185,13 +259,12 @@ class BaseAgent:
         core: dict[asyncio.Task[Any], str] = {}
         loops: list[asyncio.Task[None]] = []
         if self.consumes:
-            self.consumer = self.bus.consumer_from_settings(
-                self.settings,
+            self.consumer = self.bus.consumer(
                 group=self.group,
                 name=self.instance,
                 channels=[str(c) for c in self.consumes],
                 handler=self.handle,
-                concurrency=self.concurrency,
+                options=ConsumerOptions.from_settings(self.settings, concurrency=self.concurrency),
                 partition_key=self.partition_key,
             )
             if self.stopping:
@@ -211,16 +284,20 @@ class BaseAgent:
         try:
             done, _ = await asyncio.wait([stop_waiter, *core], return_when=asyncio.FIRST_COMPLETED)
             for task in done:
-                if task is not stop_waiter:
-                    crashed = task.exception() or AgentCrashed(f"{core[task]} ended unexpectedly")
-                    self.log.critical("agent.core_task_ended", task=core[task], error=str(crashed))
+                if task is stop_waiter:
+                    continue
+                if task.exception() is None and self.stopping:
+                    continue  # it returned because stop was asked, in the same loop iteration
+                crashed = task.exception() or AgentCrashed(f"{core[task]} ended unexpectedly")
+                self.log.critical("agent.core_task_ended", task=core[task], error=str(crashed))
         finally:
             self.stop()
             stop_waiter.cancel()
             self.log.info("agent.stopping")
             # Others (the fleet's host watch, `hemostat check`) see it is going at once.
-            with contextlib.suppress(*CONNECTION_ERRORS):
-                await write_heartbeat(self.redis, self._heartbeat())
+            if self._beats:
+                with contextlib.suppress(*CONNECTION_ERRORS):
+                    await write_heartbeat(self.redis, self._heartbeat())
             await self.on_stopping()
             # The consumer drains its in-flight handlers within the grace period; loops end on
             # the stop flag (their `sleep` returns), cancellation is the last resort.
@@ -232,8 +309,9 @@ class BaseAgent:
             finally:
                 heartbeat.cancel()
                 await join_tasks(heartbeat, timeout=2.0)
-                with contextlib.suppress(*CONNECTION_ERRORS):
-                    await clear_heartbeat(self.redis, self.name, self.instance)
+                if self._beats:
+                    with contextlib.suppress(*CONNECTION_ERRORS):
+                        await clear_heartbeat(self.redis, self.name, self.instance)
                 self.log.info("agent.stopped")
         if crashed is not None:
             raise AgentCrashed(str(crashed)) from crashed
@@ -289,6 +367,8 @@ class BaseAgent:
         )
 
     async def _heartbeat_loop(self) -> None:
+        if not self._beats:
+            return  # no Redis (a test on a StubBus): nobody to tell
         while True:
             try:
                 await write_heartbeat(self.redis, self._heartbeat())

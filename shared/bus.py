@@ -36,8 +36,7 @@ import hashlib
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, TypeVar
 
@@ -48,6 +47,15 @@ from redis.exceptions import NoScriptError, ResponseError
 from shared import keys
 from shared.backoff import backoff_delay
 from shared.errors import BusUnavailable, InvalidEventError, NotReplicated
+from shared.eventbus import (
+    ConsumerOptions,
+    ConsumerStats,
+    Delivery,
+    Handler,
+    PartitionKey,
+    current_delivery,
+    delivering,
+)
 from shared.events import Envelope, Event, encode_event, parse_event
 from shared.log import get_logger
 from shared.redis_client import CONNECTION_ERRORS
@@ -57,6 +65,7 @@ from shared.tasks import KeyedLocks, join_tasks
 __all__ = [
     "Bus",
     "Consumer",
+    "ConsumerOptions",
     "ConsumerStats",
     "Delivery",
     "Handler",
@@ -70,8 +79,6 @@ log = get_logger(__name__)
 
 
 T = TypeVar("T")
-Handler = Callable[[Event], Awaitable[None]]
-PartitionKey = Callable[[Event], str | None]
 RawFields = dict[bytes, bytes]
 
 
@@ -85,27 +92,6 @@ async def _raw(redis: Redis, *args: Any) -> Any:
 # smaller ones are cheaper inline than the marker key that deduplicates them.
 _SHARE_EXCERPT_OVER = 4_096
 _EXCERPT_MARKER_TTL_MS = 24 * 3600 * 1000
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """The stream entry a handler is handling. A retry of the same entry keeps `message_id` and
-    raises `attempt`; a twin entry (the same event or idempotency key published again) has its own
-    `message_id`."""
-
-    channel: str
-    message_id: str
-    group: str
-    consumer: str
-    attempt: int
-
-
-_delivery: ContextVar[Delivery | None] = ContextVar("hemostat_bus_delivery", default=None)
-
-
-def current_delivery() -> Delivery | None:
-    """The delivery the running bus handler is handling; None outside a handler."""
-    return _delivery.get()
 
 
 class _Script:
@@ -416,30 +402,19 @@ class Bus:
         name: str,
         channels: Iterable[str],
         handler: Handler,
-        concurrency: int = 16,
-        block_ms: int = 1_000,
-        max_deliveries: int = 5,
-        claim_idle_ms: int = 30_000,
-        reclaim_interval_s: float = 5.0,
-        retry_backoff_s: float = 0.5,
-        handler_timeout_s: float | None = 900.0,
-        grace_s: float = 20.0,
+        options: ConsumerOptions | None = None,
         partition_key: PartitionKey | None = None,
+        **tuning: Any,
     ) -> Consumer:
+        """A consumer of `group`; `tuning` overrides fields of `options` (by default
+        `ConsumerOptions()`) by name, e.g. `block_ms=50`."""
         return Consumer(
             self,
             group=group,
             name=name,
             channels=list(channels),
             handler=handler,
-            concurrency=concurrency,
-            block_ms=block_ms,
-            max_deliveries=max_deliveries,
-            claim_idle_ms=claim_idle_ms,
-            reclaim_interval_s=reclaim_interval_s,
-            retry_backoff_s=retry_backoff_s,
-            handler_timeout_s=handler_timeout_s,
-            grace_s=grace_s,
+            options=replace(options or ConsumerOptions(), **tuning),
             partition_key=partition_key,
         )
 
@@ -454,37 +429,16 @@ class Bus:
         concurrency: int | None = None,
         partition_key: PartitionKey | None = None,
     ) -> Consumer:
+        """A consumer with the configured `ConsumerOptions` (kept for callers that have only the
+        settings at hand)."""
         return self.consumer(
             group=group,
             name=name,
             channels=channels,
             handler=handler,
-            concurrency=concurrency or settings.bus_concurrency,
-            block_ms=settings.bus_block_ms,
-            max_deliveries=settings.bus_max_deliveries,
-            claim_idle_ms=settings.bus_claim_idle_ms,
-            reclaim_interval_s=settings.bus_reclaim_interval_s,
-            retry_backoff_s=settings.bus_retry_backoff_s,
-            handler_timeout_s=settings.bus_handler_timeout_s,
-            grace_s=settings.shutdown_grace_s,
+            options=ConsumerOptions.from_settings(settings, concurrency=concurrency),
             partition_key=partition_key,
         )
-
-
-@dataclass
-class ConsumerStats:
-    handled: int = 0
-    failed: int = 0  # handler failures, timeouts included (one per attempt)
-    dead_lettered: int = 0
-    reclaimed: int = 0
-    invalid: int = 0  # not UTF-8, not JSON or not a valid envelope
-    timed_out: int = 0  # handler attempts cancelled after handler_timeout_s
-    trimmed: int = 0  # messages trimmed from their stream while pending
-    claims_lost: int = 0  # in-flight messages another replica reclaimed (this one had stalled)
-    groups_recreated: int = 0  # streams or groups lost under this consumer and recreated
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
 
 
 @dataclass
@@ -536,14 +490,7 @@ class Consumer:
         name: str,
         channels: list[str],
         handler: Handler,
-        concurrency: int,
-        block_ms: int,
-        max_deliveries: int,
-        claim_idle_ms: int,
-        reclaim_interval_s: float,
-        retry_backoff_s: float,
-        handler_timeout_s: float | None,
-        grace_s: float,
+        options: ConsumerOptions,
         partition_key: PartitionKey | None,
     ) -> None:
         if not channels:
@@ -554,14 +501,15 @@ class Consumer:
         self.name = name
         self.channels = channels
         self.handler = handler
-        self.concurrency = concurrency
-        self.block_ms = block_ms
-        self.max_deliveries = max_deliveries
-        self.claim_idle_ms = claim_idle_ms
-        self.reclaim_interval_s = reclaim_interval_s
-        self.retry_backoff_s = retry_backoff_s
-        self.handler_timeout_s = handler_timeout_s
-        self.grace_s = grace_s
+        self.options = options
+        self.concurrency = options.concurrency
+        self.block_ms = options.block_ms
+        self.max_deliveries = options.max_deliveries
+        self.claim_idle_ms = options.claim_idle_ms
+        self.reclaim_interval_s = options.reclaim_interval_s
+        self.retry_backoff_s = options.retry_backoff_s
+        self.handler_timeout_s = options.handler_timeout_s
+        self.grace_s = options.grace_s
         self.partition_key = partition_key
         self.stats = ConsumerStats()
         self._inflight: dict[tuple[str, str], _InFlight] = {}
@@ -816,14 +764,14 @@ class Consumer:
     ) -> tuple[str, Exception] | None:
         """Run the handler once: None when it succeeded, else what went wrong."""
         delivery = Delivery(flight.channel, flight.message_id, self.group, self.name, attempt)
-        token = _delivery.set(delivery)
         deadline = asyncio.timeout(self.handler_timeout_s)
         try:
-            key = self.partition_key(event) if self.partition_key else None
-            # The deadline starts once the partition lock is held: waiting behind another event
-            # of the same key is not this handler hanging.
-            async with self._locks.hold(key), deadline:
-                await self.handler(event)
+            with delivering(delivery):
+                key = self.partition_key(event) if self.partition_key else None
+                # The deadline starts once the partition lock is held: waiting behind another
+                # event of the same key is not this handler hanging.
+                async with self._locks.hold(key), deadline:
+                    await self.handler(event)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # loop boundary: one bad message never kills the consumer
@@ -832,8 +780,6 @@ class Consumer:
                 self.stats.timed_out += 1
                 return f"handler timed out after {self.handler_timeout_s:g}s (cancelled)", exc
             return f"{type(exc).__name__}: {exc}", exc
-        finally:
-            _delivery.reset(token)
         return None
 
     async def _claim_for_retry(self, channel: str, message_id: str) -> _Claim | None:

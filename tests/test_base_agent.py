@@ -19,6 +19,7 @@ from agents.cli import main as cli_main
 from shared.bus import Bus
 from shared.events import Channel
 from shared.heartbeat import heartbeat_key
+from shared.stub_bus import StubBus
 from tests.conftest import make_settings
 from tests.support import factories
 from tests.support.agents import EchoAgent
@@ -213,7 +214,7 @@ async def test_a_loop_in_an_outage_backs_off_and_says_so_once_not_per_tick(redis
     each time while Redis was away (about 60 per Responder in 12 s)."""
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    agent = EchoAgent(settings=make_settings(redis_url), redis=None)
+    agent = EchoAgent(settings=make_settings(redis_url), redis=None, bus=StubBus())
     said = _Said()
     agent.log = said  # type: ignore[assignment]
     outage = iter([True] * 6 + [False] * 2)

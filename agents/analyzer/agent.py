@@ -39,7 +39,6 @@ from shared.events import (
     RemediationNeededEvent,
     Severity,
     Subject,
-    make_event,
 )
 from shared.heartbeat import live_heartbeats
 from shared.hosts import HostRecord, HostState, HostStore, describe, observe, transition
@@ -122,17 +121,14 @@ class AnalyzerAgent(BaseAgent):
             if new is None or new == record or not await self.hosts.replace(host, was, new):
                 continue  # unchanged, or another replica wrote (and told) it first
             if tell is not None:
-                await self.bus.publish(self._host_event(new))
+                await self._tell_host(new)
                 self.log.warning("analyzer.host", host=host, state=tell)
 
-    def _host_event(self, record: HostRecord) -> Envelope:
+    async def _tell_host(self, record: HostRecord) -> None:
         watched = record.state is HostState.WATCHED
-        return make_event(
+        await self.emit(
             EscalationEvent,
-            source=self.source,
-            subject=Subject(host=record.host),
-            severity=Severity.INFO if watched else Severity.CRITICAL,
-            payload=Escalation(
+            Escalation(
                 reason=describe(record),
                 guard=f"host_{record.state}",
                 details={
@@ -141,8 +137,8 @@ class AnalyzerAgent(BaseAgent):
                     "responders": str(record.responders),
                 },
             ),
-            occurred_at=self.clock.now(),
-            emitted_at=self.clock.now(),
+            subject=Subject(host=record.host),
+            severity=Severity.INFO if watched else Severity.CRITICAL,
             idempotency_key=f"host:{record.host}:{record.state}:{record.since:.3f}",
         )
 
@@ -176,7 +172,7 @@ class AnalyzerAgent(BaseAgent):
                 kind=event.payload.kind,
             )
             if closed and incident_id:
-                await self.bus.publish(self._resolved_event(event, incident_id))
+                await self._tell_resolved(event, incident_id)
             await self.claims.done(event.idempotency_key)
             return
         attached = await self.incidents.attach(event, now)
@@ -352,21 +348,18 @@ class AnalyzerAgent(BaseAgent):
 
     # ------------------------------------------------------------------ the outcome
 
-    def _resolved_event(self, alert: HealthAlertEvent, incident_id: str) -> Envelope:
+    async def _tell_resolved(self, alert: HealthAlertEvent, incident_id: str) -> None:
         """Nothing of the incident fires any more: what waits on it (a proposal) is withdrawn."""
-        return make_event(
+        await self.emit(
             IncidentResolvedEvent,
-            source=self.source,
-            subject=alert.subject,
-            severity=Severity.INFO,
-            payload=IncidentResolved(
+            IncidentResolved(
                 reason=alert.payload.summary[:300] or f"{alert.payload.kind} resolved",
                 kinds=[alert.payload.kind],
             ),
-            occurred_at=self.clock.now(),
-            emitted_at=self.clock.now(),
+            subject=alert.subject,
+            severity=Severity.INFO,
+            caused_by=alert,
             incident_id=incident_id,
-            causation_id=alert.id,
             idempotency_key=f"resolved:{incident_id}",
         )
 
@@ -375,19 +368,16 @@ class AnalyzerAgent(BaseAgent):
     ) -> Envelope:
         confident = decision.analysis.confidence >= self.threshold
         common: dict[str, Any] = {
-            "source": self.source,
             "subject": alert.subject,
             "severity": alert.severity,
-            "occurred_at": self.clock.now(),
-            "emitted_at": self.clock.now(),
+            "caused_by": alert,
             "incident_id": incident_id,
-            "causation_id": alert.id,
             "idempotency_key": f"decision:{alert.idempotency_key}",
         }
         if decision.false_alarm and confident:
-            return make_event(
+            return self.event(
                 FalseAlarmEvent,
-                payload=FalseAlarm(
+                FalseAlarm(
                     alert_kind=alert.payload.kind,
                     alert_occurred_at=alert.occurred_at,
                     runbook_id=runbook.id,
@@ -406,9 +396,9 @@ class AnalyzerAgent(BaseAgent):
                 f"confidence {decision.analysis.confidence:.2f} is below "
                 f"{self.threshold:.2f}: a person decides. {reason}"
             )
-        return make_event(
+        return self.event(
             RemediationNeededEvent,
-            payload=RemediationNeeded(
+            RemediationNeeded(
                 alert_kind=alert.payload.kind,
                 alert_occurred_at=alert.occurred_at,
                 alert_detected_at=alert.emitted_at,

@@ -22,9 +22,10 @@ from agents.monitor.alertmanager import (
 )
 from agents.monitor.tracker import Tracker
 from shared import keys
-from shared.bus import Bus, Replication
+from shared.bus import Replication
 from shared.clock import Clock
 from shared.errors import BusUnavailable, ConfigError, InvalidPayload, NotReplicated
+from shared.eventbus import EventBus
 from shared.events import HealthAlertEvent, Source, Subject, make_event
 from shared.log import Logger
 from shared.redaction import Redactor
@@ -39,7 +40,7 @@ class AlertmanagerIntake:
     def __init__(
         self,
         *,
-        bus: Bus,
+        bus: EventBus,
         tracker: Tracker,
         redactor: Redactor,
         source: Source,

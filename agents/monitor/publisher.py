@@ -20,10 +20,10 @@ from redis.asyncio import Redis
 
 from agents.monitor.tracker import AlertDraft
 from shared import keys
-from shared.bus import Bus
 from shared.clock import Clock, to_datetime
 from shared.docker_api import DockerGateway
 from shared.errors import BusUnavailable, DockerError
+from shared.eventbus import EventBus
 from shared.events import HealthAlert, HealthAlertEvent, Source, Subject, make_event
 from shared.log import Logger
 from shared.redaction import Redactor
@@ -58,7 +58,7 @@ class AlertPublisher:
     def __init__(
         self,
         *,
-        bus: Bus,
+        bus: EventBus,
         redis: Redis,
         docker: DockerGateway,
         redactor: Redactor,
