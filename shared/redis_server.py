@@ -217,8 +217,10 @@ class RedisServer(_Process):
     def log_path(self) -> Path:
         return (self.workdir / "redis.log").resolve()
 
-    def restart(self, downtime_s: float = 0.0) -> None:
-        self.stop()
+    def restart(self, downtime_s: float = 0.0, *, kill: bool = False) -> None:
+        """Stop (SIGTERM, or SIGKILL with `kill`), wait `downtime_s`, start on the same port and
+        data directory."""
+        self.stop(kill=kill)
         time.sleep(downtime_s)
         self.start()
 
