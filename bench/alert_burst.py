@@ -1,6 +1,8 @@
 """Alert agent burst (issue: Alert): 1,000 events at once with Slack, Discord and ntfy configured
 (local endpoints). Every event must be delivered or deduplicated as designed — none lost — and the
-agent's throughput is reported. The agent runs as its own process."""
+agent's throughput is reported. The agent runs as its own process. Storm bundling is off here
+(HEMOSTAT_ALERT_STORM_THRESHOLD=0): this measures the per-event delivery path; 150 containers
+failing at once would otherwise be one storm message per channel, which test_alert_storms proves."""
 
 from __future__ import annotations
 
@@ -48,6 +50,7 @@ def run() -> bool:
             DISCORD_WEBHOOK_URL=receiver.url("/discord"),
             NTFY_URL=receiver.url("/ntfy"),
             NTFY_TOPIC="bench",
+            HEMOSTAT_ALERT_STORM_THRESHOLD="0",
         )
         proc = subprocess.Popen([sys.executable, "-m", "agents.cli", "agent", "alert"], env=env)
         r = sync_redis.Redis.from_url(server.url, decode_responses=True)

@@ -52,12 +52,15 @@ HEALTHCHECK = {
 }
 
 
-def _burst(client: Any, image: str, timeout: float) -> list[float]:
+def _burst(client: Any, image: str, timeout: float) -> tuple[list[float], list[float]]:
+    """(unhealthy -> restart issued, unhealthy -> running again) per container."""
     shared = Path(tempfile.mkdtemp(prefix="hemostat-burst-"))
     (shared / "ok").touch()
     made: list[Any] = []
     recorder = StartAfter(client, f"{BENCH_LABEL}=burst", "health_status: unhealthy")
     recorder.start()
+    issued = StartAfter(client, f"{BENCH_LABEL}=burst", "health_status: unhealthy", until="kill")
+    issued.start()
     try:
         for _ in range(COUNT):
             made.append(
@@ -79,9 +82,12 @@ def _burst(client: Any, image: str, timeout: float) -> list[float]:
                 raise TimeoutError("the containers never became healthy")
             time.sleep(0.2)
         (shared / "ok").unlink()  # the shared dependency goes away: all of them fail at once
-        return recorder.latencies([c.id for c in made], timeout)
+        ids = [c.id for c in made]
+        running = recorder.latencies(ids, timeout)
+        return issued.latencies(ids, timeout), running
     finally:
         recorder.stream.close()
+        issued.stream.close()
         for c in made:
             with contextlib.suppress(docker.errors.NotFound):
                 c.remove(force=True)
@@ -136,7 +142,7 @@ def run() -> bool:
                     raise TimeoutError("agents did not start")
                 time.sleep(0.2)
             time.sleep(1.0)  # the Monitor subscribes to events right after its first beat
-            ours = _burst(client, image, timeout=60)
+            ours_issued, ours = _burst(client, image, timeout=60)
         finally:
             for p in procs:
                 p.terminate()
@@ -146,13 +152,16 @@ def run() -> bool:
     healer = SerialPollHealer(client)
     healer.start()
     try:
-        theirs = _burst(client, image, timeout=300)
+        theirs_issued, theirs = _burst(client, image, timeout=300)
     finally:
         healer.stopped.set()
         healer.join(30)
     client.close()
-    print(f"   hemostat       {summary_ms(ours)}")
-    print(f"   poll-5s serial {summary_ms(theirs)}")
+    print(f"   restart issued (Docker's kill event), hemostat       {summary_ms(ours_issued)}")
+    print(f"   restart issued (Docker's kill event), poll-5s serial {summary_ms(theirs_issued)}")
+    print(f"   running again (Docker's start event), hemostat       {summary_ms(ours)}")
+    print(f"   running again (Docker's start event), poll-5s serial {summary_ms(theirs)}")
+    # Between the two is Docker's own work: 30 restarts at once on this machine's engine.
     p95, base = percentile(ours, 0.95), percentile(theirs, 0.95)
     print(f"   p95 ours {p95 * 1000:.0f} ms vs baseline {base * 1000:.0f} ms -> {base / p95:.1f}x")
     ok = verdict("unhealthy -> running again p95", p95 * 1000, 1000, False, "ms")

@@ -62,6 +62,7 @@ def verdict(name: str, value: float, target: float, higher_is_better: bool, unit
 
 
 BENCH_LABEL = "hemostat.bench"
+BENCH_HOST = "bench"
 
 
 @contextlib.contextmanager
@@ -104,17 +105,21 @@ def agent_env(redis_url: str, **extra: str) -> dict[str, str]:
         "HEMOSTAT_LOG_FORMAT": "json",
         # Benchmark containers only: a test run on the same engine is never touched.
         "HEMOSTAT_WATCH_LABEL": BENCH_LABEL,
+        # Every agent of a benchmark is on one host, the one benchmark requests name.
+        "HEMOSTAT_HOST_NAME": BENCH_HOST,
     }
     return env | extra
 
 
 class StartAfter(threading.Thread):
     """Per container carrying `label`: the first `trigger` event (`die`, `health_status:
-    unhealthy`) and the first `start` after it, on the daemon's own clock."""
+    unhealthy`) and the first `until` event after it (`start`: running again; `kill`: the
+    restart was issued), on the daemon's own clock."""
 
-    def __init__(self, client: Any, label: str, trigger: str) -> None:
+    def __init__(self, client: Any, label: str, trigger: str, until: str = "start") -> None:
         super().__init__(daemon=True)
         self.trigger = trigger
+        self.until = until
         self.stream = client.api.events(decode=True, filters={"type": "container", "label": label})
         self.triggered: dict[str, float] = {}
         self.started: dict[str, float] = {}
@@ -128,7 +133,7 @@ class StartAfter(threading.Thread):
                 with self.lock:
                     if action == self.trigger and cid not in self.triggered:
                         self.triggered[cid] = at
-                    elif action == "start" and cid in self.triggered and cid not in self.started:
+                    elif action == self.until and cid in self.triggered and cid not in self.started:
                         self.started[cid] = at
 
     def latencies(self, ids: list[str], timeout: float) -> list[float]:

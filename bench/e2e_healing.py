@@ -186,8 +186,11 @@ def run() -> bool:
     finally:
         healer.stopped.set()
         healer.join(10)
-        for c in client.containers.list(all=True, filters={"label": f"{BENCH_LABEL}=e2e"}):
-            c.remove(force=True)
+        for c in client.containers.list(
+            all=True, filters={"label": f"{BENCH_LABEL}=e2e"}, ignore_removed=True
+        ):
+            with contextlib.suppress(docker.errors.NotFound):
+                c.remove(force=True)
     for name, values in results.items():
         print(f"   {name:20s} {summary_ms(values)}")
     ok = True

@@ -17,6 +17,7 @@ import redis as sync_redis
 from redis.asyncio import Redis
 
 from bench.common import (
+    BENCH_HOST,
     agent_env,
     containers,
     header,
@@ -55,7 +56,7 @@ def restart_request(container_id: str) -> RemediationNeededEvent:
     return make_event(
         RemediationNeededEvent,
         source=Source(agent="bench", instance="bench", version="0"),
-        subject=Subject(host="bench", container_id=container_id),
+        subject=Subject(host=BENCH_HOST, container_id=container_id),
         severity=Severity.CRITICAL,
         payload=RemediationNeeded(
             alert_kind=AlertKind.CRASH,
