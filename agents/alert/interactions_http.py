@@ -10,17 +10,15 @@ the request — verifying its signature is the coroutine's first job (`interacti
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import json
 import re
-import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from shared.errors import RequestRefused
+from shared.http_thread import ThreadedServer, on_loop, reply_json
 from shared.log import get_logger
 
 __all__ = ["MAX_BODY", "Answer", "Handle", "InteractionsServer"]
@@ -64,36 +62,22 @@ class InteractionsServer:
         self.read_timeout_s = read_timeout_s
         self.body_deadline_s = body_deadline_s
         self.answer_timeout_s = answer_timeout_s
-        self._server = ThreadingHTTPServer((host, port), self._handler_class())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name="alert-interactions",
-            daemon=True,
-        )
+        self._server = ThreadedServer(host, port, self._handler_class(), name="alert-interactions")
 
     @property
     def port(self) -> int:
-        port: int = self._server.server_address[1]
-        return port
+        return self._server.port
 
     def start(self) -> None:
-        self._thread.start()
+        self._server.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._server.stop()
 
     def _answer(self, path: str, headers: dict[str, str], body: bytes) -> Answer:
-        future: concurrent.futures.Future[Answer] = asyncio.run_coroutine_threadsafe(
-            self._handle(path, headers, body), self._loop
-        )
         try:
-            return future.result(timeout=self.answer_timeout_s)
+            return on_loop(self._handle(path, headers, body), self._loop, self.answer_timeout_s)
         except TimeoutError:
-            future.cancel()
             return Answer(503, {"error": "timed out; try again"})
         except Exception as exc:  # loop boundary of the HTTP thread
             log.exception("alert.interaction_failed", path=path)
@@ -110,17 +94,7 @@ class InteractionsServer:
                 pass  # our own structured log lines say what matters
 
             def _reply(self, answer: Answer) -> None:
-                data = b"" if answer.body is None else json.dumps(answer.body).encode()
-                if answer.status >= 400:
-                    self.close_connection = True  # an unread body must not become a request
-                self.send_response(answer.status)
-                if answer.body is not None:
-                    self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                if answer.status >= 400:
-                    self.send_header("Connection", "close")
-                self.end_headers()
-                self.wfile.write(data)
+                reply_json(self, answer.status, answer.body)
 
             def do_GET(self) -> None:
                 if self.path == "/healthz":

@@ -6,7 +6,6 @@ hands each request body to a coroutine on the agent's event loop and answers wit
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import hashlib
 import hmac
 import json
@@ -15,13 +14,14 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from shared.errors import InvalidPayload
 from shared.events import AlertKind, AlertStatus, Detector, HealthAlert, Severity
+from shared.http_thread import ThreadedServer, on_loop, reply_json
 from shared.log import get_logger
 from shared.model import describe_validation_error
 
@@ -201,28 +201,19 @@ class WebhookServer:
         self._timeout = timeout_s
         self._read_timeout = read_timeout_s
         self._limiter = RateLimiter(rate_per_s, burst=2 * rate_per_s)
-        handler = self._handler_class()
-        self._server = ThreadingHTTPServer((host, port), handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name="alertmanager-webhook",
-            daemon=True,
+        self._server = ThreadedServer(
+            host, port, self._handler_class(), name="alertmanager-webhook"
         )
 
     @property
     def port(self) -> int:
-        port: int = self._server.server_address[1]
-        return port
+        return self._server.port
 
     def start(self) -> None:
-        self._thread.start()
+        self._server.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._server.stop()
 
     def _authorised(self, header: str | None) -> bool:
         if not self._token:
@@ -231,13 +222,9 @@ class WebhookServer:
         return hmac.compare_digest((header or "").encode(), expected)
 
     def _handle(self, body: bytes) -> Response:
-        future: concurrent.futures.Future[Response] = asyncio.run_coroutine_threadsafe(
-            self._ingest(body), self._loop
-        )
         try:
-            return future.result(timeout=self._timeout)
+            return on_loop(self._ingest(body), self._loop, self._timeout)
         except TimeoutError:
-            future.cancel()
             return 503, {"error": "timed out publishing; Alertmanager will retry"}
         except Exception as exc:  # loop boundary of the HTTP thread
             log.exception("webhook.ingest_failed")
@@ -254,16 +241,7 @@ class WebhookServer:
                 pass  # our own structured log lines say what matters
 
             def _reply(self, status: int, body: dict[str, Any]) -> None:
-                data = json.dumps(body).encode()
-                if status >= 400:
-                    self.close_connection = True  # an unread body must not become a request
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                if status >= 400:
-                    self.send_header("Connection", "close")
-                self.end_headers()
-                self.wfile.write(data)
+                reply_json(self, status, body)
 
             def do_GET(self) -> None:
                 if self.path in ("/healthz", "/-/healthy"):
