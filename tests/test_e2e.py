@@ -19,8 +19,7 @@ import redis as sync_redis
 
 from shared.events import Channel
 from tests.support.docker_events import count_events
-from tests.support.stack import Stack, events, quiet, wait
-from tests.support.webhooks import Receiver
+from tests.support.stack import Stack, events, quiet, stack_on_clean_redis, wait
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis]
 OPT_IN = {"hemostat.remediate": "true"}
@@ -70,14 +69,10 @@ default_action: notify
 
 @pytest.fixture(scope="module")
 def stack(redis_service, tmp_path_factory, docker) -> Iterator[Stack]:
-    r = sync_redis.Redis.from_url(redis_service.url)
-    r.flushall()
-    r.close()
-    receiver = Receiver().start()
-    s = Stack(
+    with stack_on_clean_redis(
         redis_service.url,
         tmp_path_factory.mktemp("e2e"),
-        receiver,
+        RUNBOOKS,
         host_name="e2e-host",
         watch_label="hemostat.e2e={}".format(SCOPE["hemostat.e2e"]),
         env={
@@ -90,14 +85,8 @@ def stack(redis_service, tmp_path_factory, docker) -> Iterator[Stack]:
             "HEMOSTAT_ALERT_ROUTES": "info=slack;warning=slack,discord;critical=slack,discord;"
             "escalation=slack,discord;approval_request=slack,discord",
         },
-    )
-    s.write_runbooks(RUNBOOKS)
-    try:
-        s.start_all()
+    ) as s:
         yield s
-    finally:
-        s.stop_all()
-        receiver.stop()
 
 
 @pytest.fixture

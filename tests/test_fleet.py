@@ -32,8 +32,7 @@ from shared.events import (
 )
 from shared.runbooks import load_runbooks
 from tests.support.engines import PrivateEngine
-from tests.support.stack import Stack, events, wait
-from tests.support.webhooks import Receiver
+from tests.support.stack import Stack, events, stack_on_clean_redis, wait
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis]
 SCOPE = {"fleet.test": uuid.uuid4().hex[:12]}
@@ -90,42 +89,36 @@ class Fleet:
 
 @pytest.fixture(scope="module")
 def fleet(redis_service, tmp_path_factory, docker) -> Iterator[Fleet]:
-    r = sync_redis.Redis.from_url(redis_service.url)
-    r.flushall()
-    r.close()
     engines: dict[str, PrivateEngine] = {}
-    receiver = Receiver().start()
-    stack = Stack(
-        redis_service.url,
-        tmp_path_factory.mktemp("fleet"),
-        receiver,
-        host_name="central",
-        watch_label="fleet.test={}".format(SCOPE["fleet.test"]),
-        env={
-            "HEMOSTAT_FLEET_HOST_GRACE_S": "5",
-            "HEMOSTAT_FLEET_CHECK_INTERVAL_S": "0.5",
-            "HEMOSTAT_RESPONDER_ORPHAN_DEADLINE_S": "4",
-            "HEMOSTAT_ALERT_STORM_THRESHOLD": "0",
-        },
-    )
-    stack.write_runbooks(RUNBOOKS)
     f: Fleet | None = None
     try:
-        for host in ("host-a", "host-b"):
-            engines[host] = PrivateEngine(host[-1] + "flt").start()
-            engines[host].ensure_test_image()
-        f = Fleet(stack, engines)
-        stack.start("analyzer")
-        stack.start("alert")
-        for host in engines:
-            f.start_edge(host)
-        client = sync_redis.Redis.from_url(redis_service.url, decode_responses=True)
-        wait(lambda: len(list(client.scan_iter("hemostat:heartbeat:*"))) >= 6, 30, "6 beats")
-        client.close()
-        yield f
+        with stack_on_clean_redis(
+            redis_service.url,
+            tmp_path_factory.mktemp("fleet"),
+            RUNBOOKS,
+            host_name="central",
+            watch_label="fleet.test={}".format(SCOPE["fleet.test"]),
+            env={
+                "HEMOSTAT_FLEET_HOST_GRACE_S": "5",
+                "HEMOSTAT_FLEET_CHECK_INTERVAL_S": "0.5",
+                "HEMOSTAT_RESPONDER_ORPHAN_DEADLINE_S": "4",
+                "HEMOSTAT_ALERT_STORM_THRESHOLD": "0",
+            },
+            start_all=False,  # the central agents here, an edge per engine below
+        ) as stack:
+            for host in ("host-a", "host-b"):
+                engines[host] = PrivateEngine(host[-1] + "flt").start()
+                engines[host].ensure_test_image()
+            f = Fleet(stack, engines)
+            stack.start("analyzer")
+            stack.start("alert")
+            for host in engines:
+                f.start_edge(host)
+            client = sync_redis.Redis.from_url(redis_service.url, decode_responses=True)
+            wait(lambda: len(list(client.scan_iter("hemostat:heartbeat:*"))) >= 6, 30, "6 beats")
+            client.close()
+            yield f
     finally:
-        stack.stop_all()
-        receiver.stop()
         if f is not None:
             for client in f.clients.values():
                 client.close()

@@ -20,8 +20,7 @@ import redis as sync_redis
 from shared.approvals import ProposalState
 from shared.events import Channel
 from tests.support.docker_events import count_events, docker_events
-from tests.support.stack import Stack, events, wait
-from tests.support.webhooks import Receiver
+from tests.support.stack import Stack, events, stack_on_clean_redis, wait
 
 pytestmark = [pytest.mark.docker, pytest.mark.redis]
 SCOPE = {"people.test": uuid.uuid4().hex[:12]}
@@ -58,32 +57,24 @@ default_action: restart
 
 @pytest.fixture(scope="module")
 def stack(redis_service, tmp_path_factory, docker) -> Iterator[Stack]:
-    r = sync_redis.Redis.from_url(redis_service.url)
-    r.flushall()
-    r.close()
-    receiver = Receiver().start()
-    s = Stack(
-        redis_service.url,
-        tmp_path_factory.mktemp("people"),
-        receiver,
-        host_name="people-host",
-        watch_label="people.test={}".format(SCOPE["people.test"]),
-        env={
-            "HEMOSTAT_RESPONDER_CIRCUIT_MAX_ACTIONS": "10",
-            "HEMOSTAT_RESPONDER_ACTION_CONCURRENCY": "32",
-            # Storm defaults but for two: no failure goes out alone before 5 have arrived
-            # whatever this machine's speed, and the all-clear comes 15 s after the last one.
-            "HEMOSTAT_ALERT_STORM_HOLD_S": "30",
-            "HEMOSTAT_ALERT_STORM_QUIET_S": "15",
-        },
-    )
-    s.write_runbooks(RUNBOOKS)
     try:
-        s.start_all()
-        yield s
+        with stack_on_clean_redis(
+            redis_service.url,
+            tmp_path_factory.mktemp("people"),
+            RUNBOOKS,
+            host_name="people-host",
+            watch_label="people.test={}".format(SCOPE["people.test"]),
+            env={
+                "HEMOSTAT_RESPONDER_CIRCUIT_MAX_ACTIONS": "10",
+                "HEMOSTAT_RESPONDER_ACTION_CONCURRENCY": "32",
+                # Storm defaults but for two: no failure goes out alone before 5 have arrived
+                # whatever this machine's speed, and the all-clear comes 15 s after the last one.
+                "HEMOSTAT_ALERT_STORM_HOLD_S": "30",
+                "HEMOSTAT_ALERT_STORM_QUIET_S": "15",
+            },
+        ) as s:
+            yield s
     finally:
-        s.stop_all()
-        receiver.stop()
         label = "people.test={}".format(SCOPE["people.test"])
         for c in docker.containers.list(all=True, filters={"label": label}):
             c.remove(force=True, v=True)

@@ -3,12 +3,14 @@ own), plus helpers that read what they did from the outside: the streams, Docker
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -153,3 +155,33 @@ def events(r: sync_redis.Redis, channel: Channel) -> list[Any]:
         except InvalidEventError:
             continue
     return out
+
+
+@contextlib.contextmanager
+def stack_on_clean_redis(
+    redis_url: str,
+    folder: Path,
+    runbooks: str,
+    *,
+    host_name: str,
+    watch_label: str,
+    env: dict[str, str] | None = None,
+    start_all: bool = True,
+) -> Iterator[Stack]:
+    """A module's stack on an emptied Redis with its own webhook receiver and runbooks: every
+    agent started (unless `start_all` is False), and everything stopped afterwards."""
+    client = sync_redis.Redis.from_url(redis_url)
+    client.flushall()
+    client.close()
+    receiver = Receiver().start()
+    stack = Stack(
+        redis_url, folder, receiver, host_name=host_name, watch_label=watch_label, env=env
+    )
+    stack.write_runbooks(runbooks)
+    try:
+        if start_all:
+            stack.start_all()
+        yield stack
+    finally:
+        stack.stop_all()
+        receiver.stop()
