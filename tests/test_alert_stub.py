@@ -2,10 +2,10 @@
 they are handled, so each test asserts exactly what reached the local HTTP receivers (stand-ins for
 Slack, Discord and ntfy), with no polling.
 
-The Alert agent keeps its state in Redis (the "already notified" marker of each idempotency key,
-deduplication windows, history and the delivery log), which the stub does not replace: these tests
-still use the private test redis-server for that state, never for delivery. The real-bus versions
-in tests/test_alert_agent.py stay (retries with real timing, isolation of a slow channel...)."""
+No service is needed: the Alert agent's state (the "already notified" marker of each idempotency
+key, deduplication windows, storms, history and the delivery log) lives in an in-memory Redis
+(fakeredis) that runs the stores' own Lua. The real-bus versions in tests/test_alert_agent.py stay,
+on a real redis-server (retries with real timing, isolation of a slow channel...)."""
 
 from __future__ import annotations
 
@@ -22,10 +22,24 @@ from shared.stub_bus import StubBus
 from tests.conftest import make_settings
 from tests.support import factories
 from tests.support.clock import OffsetClock
-from tests.support.stub import started
+from tests.support.stub import NO_REDIS, memory_redis, started
 from tests.support.webhooks import Receiver
 
-pytestmark = [pytest.mark.redis, pytest.mark.timeout(30)]
+pytestmark = pytest.mark.timeout(30)
+
+@pytest.fixture
+async def redis():
+    """The agent's state store: in memory (fakeredis), never a server."""
+    client = memory_redis()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """Settings name an address where nothing listens: the agent has only the in-memory store."""
+    return NO_REDIS
+
 SLACK, DISCORD, NTFY = "/slack/T000/B000/X", "/discord/api/webhooks/1/abc", "/ntfy"
 CANARY = "canary-5be3f0d1"
 

@@ -1,10 +1,10 @@
 """The Analyzer's decisions on a StubBus: alerts are delivered in memory and `join` returns once
 they are handled, so each test asserts exactly what the handler published, with no polling.
 
-The Analyzer keeps its state in Redis (the idempotency claim of each alert, incidents and their
-cached analyses), which the stub does not replace: these tests still use the private test
-redis-server for that state, never for delivery. The real-bus versions in
-tests/test_analyzer_agent.py stay, for delivery itself (redelivery after a crash, twins, acks)."""
+No service is needed: the Analyzer's state (the idempotency claim of each alert, incidents and
+their cached analyses) lives in an in-memory Redis (fakeredis) that runs the stores' own Lua, and
+the LLM is a local HTTP server. The real-bus versions in tests/test_analyzer_agent.py stay, on a
+real redis-server, for delivery itself (redelivery after a crash, twins, acks)."""
 
 from __future__ import annotations
 
@@ -32,9 +32,23 @@ from shared.stub_bus import StubBus
 from tests.conftest import make_settings
 from tests.support import factories
 from tests.support.fake_llm import FakeLLM, Reply, verdict
-from tests.support.stub import started
+from tests.support.stub import NO_REDIS, memory_redis, started
 
-pytestmark = [pytest.mark.redis, pytest.mark.timeout(30)]
+pytestmark = pytest.mark.timeout(30)
+
+@pytest.fixture
+async def redis():
+    """The agent's state store: in memory (fakeredis), never a server."""
+    client = memory_redis()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """Settings name an address where nothing listens: the agent has only the in-memory store."""
+    return NO_REDIS
+
 RUNBOOKS = load_runbooks(Path(__file__).parent.parent / "runbooks")
 
 

@@ -1,4 +1,9 @@
-"""Running agents on a StubBus (no Redis for the bus): start, let a test publish and join, stop."""
+"""Running agents on a StubBus (no Redis for the bus): start, let a test publish and join, stop.
+
+Agents that keep state (the Analyzer's incidents and claims, the Alert agent's deduplication,
+storms and delivery log) get `memory_redis()`: fakeredis, an in-memory Redis that runs the stores'
+own Lua scripts, so their handler tests need no service. The same stores are tested on a real
+redis-server by the real-bus test modules."""
 
 from __future__ import annotations
 
@@ -7,12 +12,19 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+from fakeredis import FakeAsyncRedis, FakeServer
+
 from agents.base import BaseAgent
 from shared.settings import Settings
 from tests.conftest import make_settings
 
 # Nothing listens here: an agent on a StubBus with redis=None never connects.
 NO_REDIS = "redis://stub.invalid:6379/0"
+
+
+def memory_redis() -> FakeAsyncRedis:
+    """A private in-memory Redis (its own server: nothing is shared between tests)."""
+    return FakeAsyncRedis(server=FakeServer(), decode_responses=True)
 
 
 def stub_settings(**overrides: Any) -> Settings:
