@@ -27,6 +27,7 @@ from tests.support.webhooks import Receiver
 
 pytestmark = pytest.mark.timeout(30)
 
+
 @pytest.fixture
 async def redis():
     """The agent's state store: in memory (fakeredis), never a server."""
@@ -39,6 +40,7 @@ async def redis():
 def redis_url() -> str:
     """Settings name an address where nothing listens: the agent has only the in-memory store."""
     return NO_REDIS
+
 
 SLACK, DISCORD, NTFY = "/slack/T000/B000/X", "/discord/api/webhooks/1/abc", "/ntfy"
 CANARY = "canary-5be3f0d1"

@@ -36,6 +36,7 @@ from tests.support.stub import NO_REDIS, memory_redis, started
 
 pytestmark = pytest.mark.timeout(30)
 
+
 @pytest.fixture
 async def redis():
     """The agent's state store: in memory (fakeredis), never a server."""
@@ -48,6 +49,7 @@ async def redis():
 def redis_url() -> str:
     """Settings name an address where nothing listens: the agent has only the in-memory store."""
     return NO_REDIS
+
 
 RUNBOOKS = load_runbooks(Path(__file__).parent.parent / "runbooks")
 
