@@ -13,7 +13,7 @@ import re
 import socket
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar, cast
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -66,6 +66,9 @@ class LogFormat(StrEnum):
 
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True)
+
+
+_SectionT = TypeVar("_SectionT", bound=_Section)
 
 
 def parse_addresses(text: str) -> list[tuple[str, int]]:
@@ -775,6 +778,14 @@ class Settings(
         validate_by_name=True,
         env_ignore_empty=True,  # `KEY=` in .env means "unset", as .env.example shows
     )
+
+    def section(self, kind: type[_SectionT]) -> _SectionT:
+        """One section alone, as a small frozen value object. A component typed by its section
+        (an LLM client by `AnalyzerSettings`, the notifiers by `AlertSettings`) can read nothing
+        else, which mypy checks, and the entry point hands it only that: the notifiers never hold
+        the LLM key, nor the LLM client a webhook."""
+        values = {name: getattr(self, name) for name in kind.model_fields}
+        return cast(_SectionT, kind.model_construct(**values))
 
     def effective_redis_url(self) -> str:
         return self.redis_url.get_secret_value() if self.redis_url else DEFAULT_REDIS_URL

@@ -3,7 +3,14 @@ from __future__ import annotations
 import pytest
 
 from shared.errors import ConfigError
-from shared.settings import DEFAULT_REDIS_URL, LogFormat, load_settings
+from shared.settings import (
+    DEFAULT_REDIS_URL,
+    SECTIONS,
+    AlertSettings,
+    AnalyzerSettings,
+    LogFormat,
+    load_settings,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -127,3 +134,23 @@ def test_sentinel_settings_and_their_password(monkeypatch, tmp_path):
     assert s.redis_sentinel_service == "mymaster"
     assert sorted(s.secret_values()) == ["data-pw-123456", "sentinel-pw-654321"]
     assert "sentinel-pw-654321" not in repr(s)
+
+
+def test_a_section_is_a_small_frozen_value_holding_only_its_own_settings(tmp_path):
+    settings = load_settings(
+        tmp_path / "none.env",
+        anthropic_api_key="sk-ant-section-test",
+        slack_webhook_url="https://hooks.slack.test/T/B/secret",
+    )
+    analyzer = settings.section(AnalyzerSettings)
+    assert type(analyzer) is AnalyzerSettings
+    assert analyzer.anthropic_api_key == settings.anthropic_api_key
+    assert not hasattr(analyzer, "slack_webhook_url"), "the LLM client never holds a webhook"
+    alert = settings.section(AlertSettings)
+    assert alert.slack_webhook_url == settings.slack_webhook_url
+    assert not hasattr(alert, "anthropic_api_key"), "the notifiers never hold the LLM key"
+    with pytest.raises(ValueError, match="frozen"):
+        alert.alert_max_attempts = 9  # type: ignore[misc]
+    for kind in SECTIONS:
+        section = settings.section(kind)
+        assert section.model_dump() == {n: getattr(settings, n) for n in kind.model_fields}

@@ -39,7 +39,7 @@ from shared.events import Channel, Event, RemediationCompleteEvent, RemediationS
 from shared.log import Logger
 from shared.redaction import Redactor
 from shared.runbooks import Runbooks, load_runbooks
-from shared.settings import Settings, env_name
+from shared.settings import AlertSettings, Settings, env_name
 
 __all__ = [
     "AlertAgent",
@@ -86,7 +86,12 @@ class AlertAgent(BaseAgent):
             if self.http is None:
                 self.http = httpx.AsyncClient(follow_redirects=False)  # Slack's response_url
             self.interactions = build_interactions(
-                s, self.redis, self.http, Redactor(s.secret_values()), self.clock, self.log
+                s.section(AlertSettings),
+                self.redis,
+                self.http,
+                Redactor(s.secret_values()),
+                self.clock,
+                self.log,
             )
         self.interactions_server: InteractionsServer | None = None
 
@@ -272,7 +277,7 @@ def _quiet(event: Event) -> bool:
     )
 
 
-def button_platforms(settings: Settings) -> frozenset[str]:
+def button_platforms(settings: AlertSettings) -> frozenset[str]:
     """Where approval requests carry Approve / Deny: the endpoint is on and can verify a click
     (signing secret / public key) and allow someone (a non-empty approver list)."""
     if not settings.interactions_port:
@@ -285,7 +290,7 @@ def button_platforms(settings: Settings) -> frozenset[str]:
     return frozenset(platforms)
 
 
-def chat_approval_problems(settings: Settings) -> list[str]:
+def chat_approval_problems(settings: AlertSettings) -> list[str]:
     """Half-done chat-approval settings, said once at start (no buttons is the safe result)."""
     problems = []
     for secret, approvers in (
@@ -308,7 +313,7 @@ def chat_approval_problems(settings: Settings) -> list[str]:
 
 
 def build_interactions(
-    settings: Settings,
+    settings: AlertSettings,
     redis: Redis,
     http: httpx.AsyncClient,
     redactor: Redactor,
@@ -335,7 +340,7 @@ def build_interactions(
 
 
 def build_channels(
-    settings: Settings, http: httpx.AsyncClient, redactor: Redactor
+    settings: AlertSettings, http: httpx.AsyncClient, redactor: Redactor
 ) -> list[Notifier]:
     limits = Limits(
         timeout_s=settings.alert_channel_timeout_s,
@@ -399,7 +404,7 @@ def build(settings: Settings, redis: Redis) -> AlertAgent:
     return AlertAgent(
         settings=settings,
         redis=redis,
-        channels=build_channels(settings, http, redactor),
+        channels=build_channels(settings.section(AlertSettings), http, redactor),
         runbooks=runbooks,
         http=http,
     )

@@ -45,7 +45,7 @@ from shared.hosts import HostRecord, HostState, HostStore, describe, observe, tr
 from shared.idempotency import Claims, delivery_entry
 from shared.redaction import Redactor
 from shared.runbooks import Runbook, Runbooks, load_runbooks
-from shared.settings import Settings
+from shared.settings import AnalyzerSettings, Settings
 
 __all__ = ["CLAIM_TTL_S", "AnalyzerAgent", "Conclusion", "build"]
 
@@ -424,7 +424,7 @@ def _summary(event: Envelope) -> str:
 
 def build(settings: Settings, redis: Redis) -> AnalyzerAgent:
     runbooks = load_runbooks(settings.runbooks_dir)
-    llm = build_client(settings)
+    llm = build_client(settings.section(AnalyzerSettings))
     redactor = Redactor(settings.secret_values())
     diagnostics = None
     if llm is not None:

@@ -17,7 +17,7 @@ from agents.analyzer.prompt import Prompt
 from shared.errors import LLMError
 from shared.model import describe_validation_error
 from shared.runbooks import Runbook
-from shared.settings import LLMProvider, Settings
+from shared.settings import AnalyzerSettings, LLMProvider
 
 __all__ = [
     "DEFAULT_MODELS",
@@ -55,7 +55,7 @@ class LLMClient(Protocol):
     async def complete(self, prompt: Prompt) -> str: ...
 
 
-def resolve_provider(settings: Settings) -> LLMProvider:
+def resolve_provider(settings: AnalyzerSettings) -> LLMProvider:
     if settings.llm_provider is not LLMProvider.AUTO:
         return settings.llm_provider
     if settings.anthropic_api_key:
@@ -65,7 +65,7 @@ def resolve_provider(settings: Settings) -> LLMProvider:
     return LLMProvider.NONE
 
 
-def build_client(settings: Settings) -> LLMClient | None:
+def build_client(settings: AnalyzerSettings) -> LLMClient | None:
     """The configured client, or None for rules only (no provider, or no credentials)."""
     provider = resolve_provider(settings)
     if provider is LLMProvider.NONE:

@@ -12,7 +12,7 @@ import openai
 
 from agents.analyzer.prompt import Prompt
 from shared.errors import LLMError
-from shared.settings import Settings
+from shared.settings import AnalyzerSettings
 
 __all__ = ["AnthropicClient", "OpenAIClient"]
 
@@ -20,7 +20,7 @@ __all__ = ["AnthropicClient", "OpenAIClient"]
 class AnthropicClient:
     provider = "anthropic"
 
-    def __init__(self, settings: Settings, model: str) -> None:
+    def __init__(self, settings: AnalyzerSettings, model: str) -> None:
         key = settings.anthropic_api_key
         self.model = model
         self.max_tokens = settings.llm_max_tokens
@@ -49,7 +49,7 @@ class AnthropicClient:
 class OpenAIClient:
     provider = "openai"
 
-    def __init__(self, settings: Settings, model: str) -> None:
+    def __init__(self, settings: AnalyzerSettings, model: str) -> None:
         key = settings.openai_api_key
         self.model = model
         self.max_tokens = settings.llm_max_tokens
