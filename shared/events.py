@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 from functools import cache
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import AwareDatetime, Field, TypeAdapter, ValidationError
 
@@ -367,15 +367,9 @@ Event = Annotated[
     | IncidentResolvedEvent,
     Field(discriminator="type"),
 ]
+# Derived from the union, so a new event type is declared once there (and in EventType).
 EVENT_CLASSES: dict[EventType, type[Envelope]] = {
-    EventType.HEALTH_ALERT: HealthAlertEvent,
-    EventType.REMEDIATION_NEEDED: RemediationNeededEvent,
-    EventType.REMEDIATION_COMPLETE: RemediationCompleteEvent,
-    EventType.FALSE_ALARM: FalseAlarmEvent,
-    EventType.APPROVAL_REQUEST: ApprovalRequestEvent,
-    EventType.APPROVAL_DECISION: ApprovalDecisionEvent,
-    EventType.ESCALATION: EscalationEvent,
-    EventType.INCIDENT_RESOLVED: IncidentResolvedEvent,
+    EventType(cls.model_fields["type"].default): cls for cls in get_args(get_args(Event)[0])
 }
 
 E = TypeVar("E", bound=Envelope)

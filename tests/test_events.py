@@ -5,7 +5,7 @@ import json
 import pytest
 
 from shared.errors import InvalidEventError
-from shared.events import Channel, EventType, encode_event, parse_event
+from shared.events import EVENT_CLASSES, Channel, EventType, encode_event, parse_event
 from tests.support import factories
 
 
@@ -23,6 +23,12 @@ def test_every_channel_has_an_event_type():
     assert Channel.REMEDIATION_NEEDED == "hemostat:remediation_needed"
     assert Channel.REMEDIATION_COMPLETE == "hemostat:remediation_complete"
     assert Channel.FALSE_ALARM == "hemostat:false_alarm"
+
+
+def test_every_event_type_has_its_one_class():
+    assert set(EVENT_CLASSES) == set(EventType)
+    for kind, cls in EVENT_CLASSES.items():
+        assert cls.model_fields["type"].default == kind.value
 
 
 def test_events_are_frozen():
