@@ -1,5 +1,9 @@
 """Writes grafana/dashboards/hemostat-overview.json (a test keeps the file equal to this output).
 
+The dashboard is built with grafana-foundation-sdk, Grafana's own typed builders (the `dev` extra
+pins the build made for the Grafana image in docker-compose.yml), so every field is one Grafana's
+schema knows; this file only says which panels, queries and units.
+
 python scripts/grafana_dashboard.py
 """
 
@@ -7,9 +11,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
-DATASOURCE = {"type": "prometheus", "uid": "hemostat-prometheus"}
+from grafana_foundation_sdk.builders import common, dashboard, prometheus, stat, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models.dashboard import DataSourceRef
+
+DATASOURCE = DataSourceRef(type_val="prometheus", uid="hemostat-prometheus")
 OUT = Path(__file__).resolve().parent.parent / "grafana" / "dashboards" / "hemostat-overview.json"
 
 # (row, [(title, kind, unit, [(expr, legend)])])
@@ -89,56 +96,54 @@ ROWS: list[tuple[str, list[tuple[str, str, str, list[tuple[str, str]]]]]] = [
 ]  # fmt: skip
 
 
-def panel(pid: int, title: str, kind: str, unit: str, targets: list[tuple[str, str]], x: int, y: int) -> dict[str, Any]:  # fmt: skip
-    width = 6 if kind == "stat" else 12
-    return {
-        "id": pid,
-        "type": kind,
-        "title": title,
-        "datasource": DATASOURCE,
-        "gridPos": {"h": 4 if kind == "stat" else 8, "w": width, "x": x, "y": y},
-        "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
-        "options": {} if kind == "timeseries" else {"reduceOptions": {"calcs": ["lastNotNull"]}},
-        "targets": [
-            {"refId": chr(65 + i), "datasource": DATASOURCE, "expr": expr, "legendFormat": legend}
-            for i, (expr, legend) in enumerate(targets)
-        ],
-    }
+def panel(pid: int, title: str, kind: str, unit: str, targets: list[tuple[str, str]]) -> stat.Panel | timeseries.Panel:  # fmt: skip
+    """A stat (6 columns by 4, last value) or a time series (12 by 8); the dashboard places it."""
+    built: stat.Panel | timeseries.Panel
+    if kind == "stat":
+        built = (
+            stat.Panel()
+            .height(4)
+            .span(6)
+            .reduce_options(common.ReduceDataOptions().calcs(["lastNotNull"]))
+        )
+    else:
+        built = timeseries.Panel().height(8).span(12)
+    built.id(pid).title(title).datasource(DATASOURCE).unit(unit)
+    for i, (expr, legend) in enumerate(targets):
+        built.with_target(
+            prometheus.Dataquery()
+            .ref_id(chr(65 + i))
+            .datasource(DATASOURCE)
+            .expr(expr)
+            .legend_format(legend)
+        )
+    return built
 
 
-def build() -> dict[str, Any]:
-    panels: list[dict[str, Any]] = []
-    pid, y = 1, 0
+def build() -> dashboard.Dashboard:
+    # The builder lays panels out left to right, wrapping at 24 columns, and puts each row below
+    # the tallest panel of the line before it.
+    board = (
+        dashboard.Dashboard("HemoStat overview")
+        .uid("hemostat-overview")
+        .tags(["hemostat"])
+        .timezone("browser")
+        .version(1)
+        .refresh("30s")
+        .time("now-6h", "now")
+    )
+    pid = 1
     for row, items in ROWS:
-        panels.append({"id": pid, "type": "row", "title": row, "collapsed": False,
-                       "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []})  # fmt: skip
-        pid, y, x = pid + 1, y + 1, 0
+        board.with_row(dashboard.Row(row).id(pid))
+        pid += 1
         for title, kind, unit, targets in items:
-            p = panel(pid, title, kind, unit, targets, x, y)
+            board.with_panel(panel(pid, title, kind, unit, targets))
             pid += 1
-            x += p["gridPos"]["w"]
-            if x >= 24:
-                x, y = 0, y + p["gridPos"]["h"]
-            panels.append(p)
-        if x:
-            y += 8
-    return {
-        "uid": "hemostat-overview",
-        "title": "HemoStat overview",
-        "tags": ["hemostat"],
-        "timezone": "browser",
-        "schemaVersion": 39,
-        "version": 1,
-        "refresh": "30s",
-        "time": {"from": "now-6h", "to": "now"},
-        "panels": panels,
-        "templating": {"list": []},
-        "annotations": {"list": []},
-    }
+    return board
 
 
 def render() -> str:
-    return json.dumps(build(), indent=2, ensure_ascii=False) + "\n"
+    return json.dumps(build().build(), cls=JSONEncoder, indent=2, ensure_ascii=False) + "\n"
 
 
 if __name__ == "__main__":
