@@ -96,14 +96,15 @@ ROWS: list[tuple[str, list[tuple[str, str, str, list[tuple[str, str]]]]]] = [
 ]  # fmt: skip
 
 
-def panel(pid: int, title: str, kind: str, unit: str, targets: list[tuple[str, str]]) -> stat.Panel | timeseries.Panel:  # fmt: skip
-    """A stat (6 columns by 4, last value) or a time series (12 by 8); the dashboard places it."""
+def panel(pid: int, title: str, kind: str, unit: str, targets: list[tuple[str, str]], stat_span: int = 12) -> stat.Panel | timeseries.Panel:  # fmt: skip
+    """A stat (`stat_span` columns by 4, last value) or a time series (12 by 8); the dashboard
+    places it."""
     built: stat.Panel | timeseries.Panel
     if kind == "stat":
         built = (
             stat.Panel()
             .height(4)
-            .span(6)
+            .span(stat_span)
             .reduce_options(common.ReduceDataOptions().calcs(["lastNotNull"]))
         )
     else:
@@ -136,8 +137,12 @@ def build() -> dashboard.Dashboard:
     for row, items in ROWS:
         board.with_row(dashboard.Row(row).id(pid))
         pid += 1
+        # The builder wraps only once a line is full, never before a panel that would not fit:
+        # every line must add up to 24 exactly. Three stats share a line; a lone one takes half.
+        stats = sum(kind == "stat" for _, kind, _, _ in items)
+        stat_span = 24 // stats if stats > 1 else 12
         for title, kind, unit, targets in items:
-            board.with_panel(panel(pid, title, kind, unit, targets))
+            board.with_panel(panel(pid, title, kind, unit, targets, stat_span))
             pid += 1
     return board
 

@@ -83,6 +83,8 @@ def test_grafana_dashboard_is_the_generators_output_and_provisioned():
         if p["type"] != "row":
             assert p["datasource"]["uid"] == "hemostat-prometheus"
             assert p["targets"]
+        grid = p["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, f"{p['title']!r} runs past Grafana's 24 columns"
     provider = yaml.safe_load((ROOT / "grafana/provisioning/dashboards/hemostat.yml").read_text())
     assert provider["providers"][0]["options"]["path"] == "/var/lib/grafana/dashboards"
     source = yaml.safe_load((ROOT / "grafana/provisioning/datasources/prometheus.yml").read_text())
