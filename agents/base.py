@@ -160,17 +160,21 @@ class BaseAgent:
         *,
         subject: Subject,
         severity: Severity,
-        caused_by: Envelope | None = None,
+        caused_by: Envelope | str | None = None,
         incident_id: str | None = None,
         idempotency_key: str | None = None,
         occurred_at: datetime | None = None,
     ) -> E:
         """A new event from this agent, stamped with its source and its clock's now (occurred
         then too, unless `occurred_at`). Answering `caused_by`, it carries that event's id as
-        causation and its incident, unless `incident_id` names another. Without
-        `idempotency_key` the event's own id is its key."""
-        if incident_id is None and caused_by is not None:
-            incident_id = caused_by.incident_id
+        causation and its incident, unless `incident_id` names another; `caused_by` may be just
+        an id (when only the id was kept), which brings no incident. Without `idempotency_key`
+        the event's own id is its key."""
+        causation_id = caused_by if isinstance(caused_by, str) else None
+        if isinstance(caused_by, Envelope):
+            causation_id = caused_by.id
+            if incident_id is None:
+                incident_id = caused_by.incident_id
         now = self.clock.now()
         return make_event(
             cls,
@@ -181,7 +185,7 @@ class BaseAgent:
             occurred_at=occurred_at or now,
             emitted_at=now,
             incident_id=incident_id,
-            causation_id=caused_by.id if caused_by is not None else None,
+            causation_id=causation_id,
             idempotency_key=idempotency_key,
         )
 
@@ -192,7 +196,7 @@ class BaseAgent:
         *,
         subject: Subject,
         severity: Severity,
-        caused_by: Envelope | None = None,
+        caused_by: Envelope | str | None = None,
         incident_id: str | None = None,
         idempotency_key: str | None = None,
         occurred_at: datetime | None = None,

@@ -173,3 +173,21 @@ async def test_emit_stamps_source_clock_causation_and_incident_and_publishes():
         incident_id="inc-2",
     )
     assert (own.incident_id, own.idempotency_key) == ("inc-2", own.id)
+    # Only the id was kept (a stored context): causation from it, the incident named or none.
+    by_id = agent.event(
+        EscalationEvent,
+        Escalation(reason="r", guard="g"),
+        subject=alert.subject,
+        severity=Severity.INFO,
+        caused_by=alert.id,
+    )
+    assert (by_id.causation_id, by_id.incident_id) == (alert.id, None)
+    named = agent.event(
+        EscalationEvent,
+        Escalation(reason="r", guard="g"),
+        subject=alert.subject,
+        severity=Severity.INFO,
+        caused_by="01-stored",
+        incident_id="inc-3",
+    )
+    assert (named.causation_id, named.incident_id) == ("01-stored", "inc-3")
