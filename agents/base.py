@@ -19,7 +19,7 @@ import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar, TypeVar, cast
+from typing import Any, ClassVar, Protocol, TypeVar, cast
 
 from redis.asyncio import Redis
 
@@ -37,7 +37,7 @@ from shared.redis_client import CONNECTION_ERRORS
 from shared.settings import Settings
 from shared.tasks import join_tasks
 
-__all__ = ["BaseAgent", "Interval", "LoopSpec", "background", "periodic"]
+__all__ = ["AgentContext", "BaseAgent", "Interval", "LoopSpec", "background", "periodic"]
 
 F = TypeVar("F", bound=Callable[..., Awaitable[None]])
 E = TypeVar("E", bound=Envelope)
@@ -63,6 +63,45 @@ def periodic(interval: Interval) -> Callable[[F], F]:
         return fn
 
     return mark
+
+
+class AgentContext(Protocol):
+    """What a component of an agent (the Responder's Issuer, Verification...) may use of the agent
+    that composes it: its identity, clock and log, events stamped as its own, and a sleep that
+    ends when the agent stops. Not its Redis, bus, settings or other components: those a
+    component is given explicitly."""
+
+    instance: str
+    clock: Clock
+    log: Logger
+
+    def event(
+        self,
+        cls: type[E],
+        payload: Model,
+        *,
+        subject: Subject,
+        severity: Severity,
+        caused_by: Envelope | str | None = None,
+        incident_id: str | None = None,
+        idempotency_key: str | None = None,
+        occurred_at: datetime | None = None,
+    ) -> E: ...
+
+    async def emit(
+        self,
+        cls: type[E],
+        payload: Model,
+        *,
+        subject: Subject,
+        severity: Severity,
+        caused_by: Envelope | str | None = None,
+        incident_id: str | None = None,
+        idempotency_key: str | None = None,
+        occurred_at: datetime | None = None,
+    ) -> E: ...
+
+    async def sleep(self, seconds: float) -> bool: ...
 
 
 class BaseAgent:

@@ -83,6 +83,8 @@ class ResponderAgent(BaseAgent):
         self.actor = f"responder:{self.instance}"
         self.outcomes = Outcomes(
             agent=self,
+            redis=self.redis,
+            bus=self.bus,
             requests=self.requests,
             state=self.state,
             approvals=self.approvals,
@@ -139,6 +141,7 @@ class ResponderAgent(BaseAgent):
         )
         self.orphans = Orphans(
             agent=self,
+            redis=self.redis,
             requests=self.requests,
             state=self.state,
             outcomes=self.outcomes,

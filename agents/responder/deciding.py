@@ -13,7 +13,7 @@ import contextlib
 import json
 import time
 
-from agents.base import BaseAgent
+from agents.base import AgentContext
 from agents.responder.core import (
     Claim,
     Facts,
@@ -48,7 +48,7 @@ class Decider:
     def __init__(
         self,
         *,
-        agent: BaseAgent,
+        agent: AgentContext,
         docker: DockerGateway,
         runbooks: Runbooks,
         own_id: str | None,

@@ -12,7 +12,7 @@ import asyncio
 import time
 from typing import Any
 
-from agents.base import BaseAgent
+from agents.base import AgentContext
 from agents.responder.core import ResponderLimits, Verdict, target_policy
 from agents.responder.executor import Executor, Prepared
 from agents.responder.outcomes import Outcomes
@@ -35,7 +35,7 @@ class Issuer:
     def __init__(
         self,
         *,
-        agent: BaseAgent,
+        agent: AgentContext,
         executor: Executor,
         requests: RequestStore,
         outcomes: Outcomes,

@@ -6,7 +6,9 @@ so at most one of them finishes it (see docs/architecture.md, "Fleet").
 
 from __future__ import annotations
 
-from agents.base import BaseAgent
+from redis.asyncio import Redis
+
+from agents.base import AgentContext
 from agents.responder.core import ClaimStatus, ResponderLimits, Verdict, VerdictKind
 from agents.responder.outcomes import Outcomes
 from agents.responder.store import RequestStore, ResponderState
@@ -23,7 +25,8 @@ class Orphans:
     def __init__(
         self,
         *,
-        agent: BaseAgent,
+        agent: AgentContext,
+        redis: Redis,
         requests: RequestStore,
         state: ResponderState,
         outcomes: Outcomes,
@@ -32,7 +35,7 @@ class Orphans:
         deadline_s: float,
     ) -> None:
         self.agent = agent
-        self.redis = agent.redis
+        self.redis = redis
         self.clock = agent.clock
         self.log = agent.log
         self.requests = requests

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import time
 
-from agents.base import BaseAgent
+from redis.asyncio import Redis
+
+from agents.base import AgentContext
 from agents.responder.core import Verdict
 from agents.responder.store import RequestStore, ResponderState
 from agents.responder.work import Work
@@ -21,6 +23,7 @@ from shared.actions import Action
 from shared.approvals import ApprovalStore, ProposalState
 from shared.containers import ContainerInfo
 from shared.errors import ApprovalError
+from shared.eventbus import EventBus
 from shared.events import (
     Escalation,
     EscalationEvent,
@@ -70,7 +73,9 @@ class Outcomes:
     def __init__(
         self,
         *,
-        agent: BaseAgent,
+        agent: AgentContext,
+        redis: Redis,
+        bus: EventBus,
         requests: RequestStore,
         state: ResponderState,
         approvals: ApprovalStore,
@@ -78,8 +83,8 @@ class Outcomes:
         actor: str,
     ) -> None:
         self.agent = agent
-        self.redis = agent.redis
-        self.bus = agent.bus
+        self.redis = redis
+        self.bus = bus
         self.clock = agent.clock
         self.log = agent.log
         self.requests = requests

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from agents.base import BaseAgent
+from agents.base import AgentContext
 from agents.responder.core import (
     Binding,
     Claim,
@@ -60,7 +60,7 @@ class Proposals:
     def __init__(
         self,
         *,
-        agent: BaseAgent,
+        agent: AgentContext,
         runbooks: Runbooks,
         requests: RequestStore,
         state: ResponderState,

@@ -14,7 +14,7 @@ import time
 
 from pydantic import TypeAdapter
 
-from agents.base import BaseAgent
+from agents.base import AgentContext
 from agents.responder.core import ResponderLimits, Verdict, VerdictKind, after_outcome, judge
 from agents.responder.executor import Executor
 from agents.responder.outcomes import Outcomes
@@ -36,7 +36,7 @@ class Verification:
     def __init__(
         self,
         *,
-        agent: BaseAgent,
+        agent: AgentContext,
         executor: Executor,
         requests: RequestStore,
         state: ResponderState,
