@@ -7,7 +7,6 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from shared.errors import HemoStatError
 from shared.heartbeat import AgentStatus, read_heartbeats
@@ -162,6 +161,7 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 
     from redis.exceptions import RedisError
 
+    from shared.approvals import read_pending
     from shared.container_state import read_snapshots
     from shared.hosts import read_hosts
     from shared.redis_client import connect_sync
@@ -170,7 +170,7 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         with connect_sync(settings) as redis:
             beats = read_heartbeats(redis)
             snapshots = read_snapshots(redis, time.time(), args.max_age)
-            pending = _pending_proposals(redis)
+            pending = read_pending(redis)
             hosts = read_hosts(redis)
     except RedisError as exc:
         print(f"cannot reach Redis: {exc}", file=sys.stderr)
@@ -224,18 +224,6 @@ def _cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _pending_proposals(redis: Any) -> list[Any]:
-    from shared.approvals import PENDING, PROPOSAL_PREFIX, Proposal
-
-    out = []
-    for proposal_id in redis.zrange(PENDING, 0, 100):
-        data = redis.hgetall(PROPOSAL_PREFIX + proposal_id)
-        data.pop("ttl_s", None)
-        if data and data.get("state") == "pending":
-            out.append(Proposal.model_validate(data))
-    return out
-
-
 def _cmd_runbooks_validate(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path
 
@@ -269,43 +257,23 @@ def _default_actor() -> str:
 
 def _cmd_decide(args: argparse.Namespace, settings: Settings) -> int:
     """Approve or deny a proposal: the first decision wins, atomically."""
-    import asyncio
-
-    from shared.approvals import decide
-    from shared.bus import Replication
+    from shared.approvals import decide_sync
     from shared.errors import ApprovalError, NotReplicated
     from shared.events import Decision
-    from shared.redis_client import connect
 
     decision = Decision.APPROVED if args.command == "approve" else Decision.DENIED
     actor = args.actor or _default_actor()
-
-    async def run() -> int:
-        redis = connect(settings)
-        try:
-            proposal = await decide(
-                redis,
-                args.id,
-                decision,
-                actor,
-                getattr(args, "reason", ""),
-                replication=Replication.from_settings(settings),
-            )
-        except ApprovalError as exc:
-            print(f"refused: {exc}", file=sys.stderr)
-            return 1
-        except NotReplicated as exc:
-            print(f"not confirmed: {exc}", file=sys.stderr)
-            return 1
-        finally:
-            await redis.aclose()
-        target = proposal.container_name or proposal.container_id[:12]
-        print(
-            f"{decision.value}: {proposal.action_type} {proposal.action_id} on {target} by {actor}"
-        )
-        return 0
-
-    return asyncio.run(run())
+    try:
+        proposal = decide_sync(settings, args.id, decision, actor, getattr(args, "reason", ""))
+    except ApprovalError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 1
+    except NotReplicated as exc:
+        print(f"not confirmed: {exc}", file=sys.stderr)
+        return 1
+    target = proposal.container_name or proposal.container_id[:12]
+    print(f"{decision.value}: {proposal.action_type} {proposal.action_id} on {target} by {actor}")
+    return 0
 
 
 def _cmd_audit(args: argparse.Namespace, settings: Settings) -> int:

@@ -1,1 +1,3 @@
 """The Streamlit dashboard: `streamlit run dashboard/app.py`."""
+
+__all__: list[str] = []

@@ -1,7 +1,9 @@
 """HemoStat dashboard: `streamlit run dashboard/app.py` (configured by the agents' settings).
 
-Layout only: every number comes from `dashboard.data`, read inside the auto-refreshing fragment
-so that everything visible is re-read from Redis on each refresh."""
+Layout only: every number comes from `dashboard.queries` (proposals from `shared.approvals`), read
+inside the auto-refreshing fragment so that everything visible is re-read from Redis on each
+refresh; `dashboard.views` says how it reads. Every string shown passes the redactor: tables
+through `views.safe`, text and the options of pickers through `redactor.text`."""
 
 from __future__ import annotations
 
@@ -13,22 +15,38 @@ import streamlit as st
 from redis import Redis
 from redis.exceptions import RedisError
 
-from dashboard import auth, data
-from shared.container_state import read_snapshots
+from dashboard import auth, queries, views
+from dashboard.rows import Sample, Stage
+from shared.approvals import ProposalState, decide_sync, read_recent
 from shared.errors import ApprovalError, HemoStatError, NotReplicated
-from shared.heartbeat import read_heartbeats
+from shared.events import Decision
+from shared.hosts import HostState
 from shared.redaction import Redactor
 from shared.redis_client import client_key, connect_sync, describe
 from shared.settings import Settings, load_settings
 
+__all__ = [
+    "PAGES",
+    "PAGE_FUNCS",
+    "STAGE_ICON",
+    "agents_page",
+    "approvals_page",
+    "audit_page",
+    "containers_page",
+    "hosts_page",
+    "incidents_page",
+    "main",
+    "overview_page",
+]
+
 PAGES = ["Overview", "Containers", "Incidents", "Approvals", "Audit", "Hosts", "Agents"]
 STAGE_ICON = {
-    "alert": "🚨",
-    "decision": "🧠",
-    "approval": "✋",
-    "remediation": "🛠️",
-    "escalation": "📣",
-    "notification": "✉️",
+    Stage.ALERT: "🚨",
+    Stage.DECISION: "🧠",
+    Stage.APPROVAL: "✋",
+    Stage.REMEDIATION: "🛠️",
+    Stage.ESCALATION: "📣",
+    Stage.NOTIFICATION: "✉️",
 }
 
 
@@ -58,7 +76,7 @@ def _render(page: str, redis: Redis, settings: Settings, redactor: Redactor) -> 
     try:
         redis.ping()
         PAGE_FUNCS[page](redis, settings, redactor)
-        bad = data.malformed()
+        bad = queries.malformed()
         if bad:
             where = ", ".join(f"{channel} ({n})" for channel, n in sorted(bad.items()))
             st.warning(
@@ -73,8 +91,10 @@ def _render(page: str, redis: Redis, settings: Settings, redactor: Redactor) -> 
         )
 
 
-def _table(rows: list[dict[str, Any]], redactor: Redactor, key: str) -> None:
-    st.dataframe(pd.DataFrame(data.safe(redactor, rows)), hide_index=True, width="stretch", key=key)
+def _table(rows: views.Table, redactor: Redactor, key: str) -> None:
+    st.dataframe(
+        pd.DataFrame(views.safe(redactor, rows)), hide_index=True, width="stretch", key=key
+    )
 
 
 # ---------------------------------------------------------------- pages
@@ -82,8 +102,9 @@ def _table(rows: list[dict[str, Any]], redactor: Redactor, key: str) -> None:
 
 def overview_page(redis: Redis, settings: Settings, redactor: Redactor) -> None:
     st.header("Overview")
-    o = data.overview(redis, time.time())
-    _dry_run_banner(redis)
+    o = queries.overview(redis, time.time())
+    if queries.responder_dry_run(redis):
+        st.warning("DRY-RUN: the Responder evaluates and records everything and changes nothing.")
     if o.monitored == 0 and not any(o.agents_up.values()):
         st.info(
             "Nothing to show yet: no agent has reported and no container was seen. "
@@ -109,7 +130,7 @@ def overview_page(redis: Redis, settings: Settings, redactor: Redactor) -> None:
     missing = [a for a, n in o.agents_up.items() if not n]
     if missing and up:
         st.warning(f"No live instance of: {', '.join(missing)}")
-    outcomes = data.outcomes_over_time(redis, time.time())
+    outcomes = views.outcome_table(queries.outcomes_over_time(redis, time.time()))
     st.subheader("Remediation outcomes per hour")
     if outcomes:
         st.bar_chart(pd.DataFrame(outcomes).set_index("hour").fillna(0))
@@ -117,79 +138,90 @@ def overview_page(redis: Redis, settings: Settings, redactor: Redactor) -> None:
         st.caption("No remediation in the last 24 hours.")
 
 
-def _dry_run_banner(redis: Redis) -> None:
-    beats = [b for b in read_heartbeats(redis) if b.agent == "responder"]
-    if any(b.details.get("dry_run") for b in beats):
-        st.warning("DRY-RUN: the Responder evaluates and records everything and changes nothing.")
-
-
 def containers_page(redis: Redis, settings: Settings, redactor: Redactor) -> None:
     st.header("Containers")
-    rows = data.containers(redis, time.time())
+    rows = queries.containers(redis, time.time())
     if not rows:
         st.info("No container seen yet — the Monitor writes a snapshot of each one every poll.")
         return
     cols = st.columns(4)
     text = cols[0].text_input("Filter by name", key="container_filter")
-    on = _host_filter(cols[1], rows, "container_hosts")
-    states = sorted({r["status"] for r in rows})
-    chosen = cols[2].multiselect("Status", states, default=states, key="container_status")
-    healths = sorted({r["health"] for r in rows})
-    wanted = cols[3].multiselect("Health", healths, default=healths, key="container_health")
+    on = _host_filter(cols[1], rows, redactor, "container_hosts")
+    states = sorted({r.state for r in rows})
+    chosen = cols[2].multiselect(
+        "Status", states, default=states, key="container_status", format_func=redactor.text
+    )
+    healths = sorted({views.or_dash(r.health) for r in rows})
+    wanted = cols[3].multiselect(
+        "Health", healths, default=healths, key="container_health", format_func=redactor.text
+    )
     shown = [
         r
-        for r in data.filter_hosts(rows, on)
-        if text.lower() in r["name"].lower() and r["status"] in chosen and r["health"] in wanted
+        for r in views.on_hosts(rows, on)
+        if text.lower() in r.name.lower()
+        and r.state in chosen
+        and views.or_dash(r.health) in wanted
     ]
     st.caption(f"{len(shown)} of {len(rows)} containers (click a column header to sort)")
-    _table(shown, redactor, "containers_table")
+    _table(views.container_table(shown), redactor, "containers_table")
     st.subheader("CPU and memory over time")
-    by_name = {r["name"]: r for r in rows}
-    snapshots = {s.name: s.id for s in read_snapshots(redis, time.time(), 300)}
-    busiest = sorted(rows, key=lambda r: -(r["cpu %"] or 0))[:5]
+    ids = {r.name: r.container_id for r in rows}
+    busiest = sorted(rows, key=lambda r: -(r.cpu_percent or 0))[:5]
     pick = st.multiselect(
-        "Containers", sorted(by_name), default=[r["name"] for r in busiest], key="chart_containers"
+        "Containers",
+        sorted(ids),
+        default=[r.name for r in busiest],
+        key="chart_containers",
+        format_func=redactor.text,
     )
-    series = data.samples(redis, [snapshots[n] for n in pick if n in snapshots])
+    series = queries.samples(redis, [ids[n] for n in pick])
     for metric, label in (("cpu", "CPU %"), ("mem", "Memory %")):
-        frame = _series_frame(series, {snapshots[n]: n for n in pick if n in snapshots}, metric)
+        frame = _series_frame(series, {ids[n]: redactor.text(n) for n in pick}, metric)
         if frame is not None:
             st.caption(label)
             st.line_chart(frame)
 
 
-def _host_filter(where: Any, rows: list[dict[str, Any]], key: str) -> list[str]:
+def _host_filter(where: Any, rows: list[Any], redactor: Redactor, key: str) -> list[str]:
     """A host multiselect (empty: every host)."""
-    names = sorted({str(r["host"]) for r in rows})
-    return list(where.multiselect("Host", names, default=[], key=key, placeholder="all hosts"))
+    names = views.host_options(rows)
+    return list(
+        where.multiselect(
+            "Host",
+            names,
+            default=[],
+            key=key,
+            placeholder="all hosts",
+            format_func=redactor.text,
+        )
+    )
 
 
 def _series_frame(
-    series: dict[str, list[dict[str, float]]], names: dict[str, str], metric: str
+    series: dict[str, list[Sample]], names: dict[str, str], metric: str
 ) -> pd.DataFrame | None:
     frames = []
-    for container_id, rows in series.items():
-        points = [(pd.to_datetime(r["t"], unit="s"), r[metric]) for r in rows if metric in r]
+    for container_id, samples in series.items():
+        values = ((s.t, s.cpu if metric == "cpu" else s.mem) for s in samples)
+        points = [(pd.to_datetime(t, unit="s"), v) for t, v in values if v is not None]
         if points:
             frame = pd.DataFrame(points, columns=["time", names[container_id]]).set_index("time")
             frames.append(frame)
-    return pd.concat(frames, axis=1).sort_index() if frames else None
+    # Containers sampled at different times (other hosts) have different indexes: align them.
+    return pd.concat(frames, axis=1, sort=True).sort_index() if frames else None
 
 
 def incidents_page(redis: Redis, settings: Settings, redactor: Redactor) -> None:
     st.header("Incidents")
-    found = data.incidents(redis)
+    found = queries.incidents(redis)
     if found:
-        found = data.filter_hosts(found, _host_filter(st, found, "incident_hosts"))
+        found = views.on_hosts(found, _host_filter(st, found, redactor, "incident_hosts"))
     if not found:
         st.info("No incident yet. Each alert the Monitor raises opens or joins one.")
     else:
-        _table(
-            [{k: v for k, v in i.items() if k != "container_id"} for i in found],
-            redactor,
-            "incidents_table",
-        )
-        ids = [i["id"] for i in found]
+        _table(views.incident_table(found), redactor, "incidents_table")
+        by_id = {i.id: i for i in found}
+        ids = [i.id for i in found]
         wanted = st.query_params.get("incident")
         index = ids.index(wanted) if wanted in ids else 0
         chosen = st.selectbox(
@@ -197,38 +229,35 @@ def incidents_page(redis: Redis, settings: Settings, redactor: Redactor) -> None
             ids,
             index=index,
             key="incident_pick",
-            format_func=lambda i: _incident_label(i, found),
+            format_func=lambda i: redactor.text(views.incident_label(by_id[i])),
         )
         st.subheader(f"Timeline of {chosen}")
-        for entry in data.incident_timeline(redis, chosen):
+        for entry in queries.incident_timeline(redis, chosen):
+            told = views.timeline_text(entry)
             with st.container(border=True):
-                stamp = entry.at.strftime("%H:%M:%S")
                 st.markdown(
-                    f"{STAGE_ICON.get(entry.stage, '•')} **{stamp} · {entry.stage}** — "
-                    f"{redactor.text(entry.title)}"
+                    f"{STAGE_ICON[entry.stage]} **{views.clock(entry.at)} · "
+                    f"{entry.stage}** — {redactor.text(told.title)}"
                 )
-                if entry.detail:
-                    st.caption(redactor.text(entry.detail))
-                if entry.fields:
+                if told.detail:
+                    st.caption(redactor.text(told.detail))
+                if told.fields:
                     st.caption(
-                        " · ".join(f"{k}: {redactor.text(v)}" for k, v in entry.fields.items())
+                        " · ".join(f"{k}: {redactor.text(v)}" for k, v in told.fields.items())
                     )
     st.subheader("Live event feed")
-    feed = data.event_feed(redis)
+    feed = views.feed_table(queries.event_feed(redis))
     if feed:
         _table(feed, redactor, "feed_table")
     else:
         st.caption("No event on any channel yet.")
 
 
-def _incident_label(incident_id: str, found: list[dict[str, Any]]) -> str:
-    row = next(i for i in found if i["id"] == incident_id)
-    return f"{incident_id} · {row['container']} · {row['last kind']} · {row['status']}"
-
-
 def approvals_page(redis: Redis, settings: Settings, redactor: Redactor) -> None:
     st.header("Approvals")
-    pending, decided = data.proposals(redis)
+    recent = read_recent(redis)
+    pending = [p for p in recent if p.state is ProposalState.PENDING]
+    decided = [p for p in recent if p.state is not ProposalState.PENDING]
     gate = auth.access(settings)
     actor = _signed_in(redis, settings, gate) if pending else None
     if not pending:
@@ -258,21 +287,7 @@ def approvals_page(redis: Redis, settings: Settings, redactor: Redactor) -> None
                 _decide(settings, p.id, False, actor, reason or "denied on the dashboard")
     st.subheader("Decided")
     if decided:
-        _table(
-            [
-                {
-                    "proposal": p.id,
-                    "state": p.state.value,
-                    "container": p.container_name or p.container_id[:12],
-                    "action": f"{p.action_type}:{p.action_id}",
-                    "decided by": p.decided_by or "-",
-                    "reason": p.decision_reason or p.outcome or "-",
-                }
-                for p in decided
-            ],
-            redactor,
-            "decided_table",
-        )
+        _table(views.decided_table(decided), redactor, "decided_table")
     else:
         st.caption("No decided proposal yet.")
 
@@ -305,8 +320,10 @@ def _signed_in(redis: Redis, settings: Settings, gate: auth.Access) -> str | Non
 
 
 def _decide(settings: Settings, proposal_id: str, approve: bool, actor: str, reason: str) -> None:
+    """The CLI's mechanism: an atomic first-decision-wins CAS, then the decision event."""
+    decision = Decision.APPROVED if approve else Decision.DENIED
     try:
-        data.submit_decision(settings, proposal_id, approve, actor, reason)
+        decide_sync(settings, proposal_id, decision, actor, reason, via="dashboard")
     except ApprovalError as exc:
         st.warning(f"Refused: {exc}")
         return
@@ -328,59 +345,43 @@ def audit_page(redis: Redis, settings: Settings, redactor: Redactor) -> None:
     hours = cols[2].number_input(
         "Hours back", min_value=1, max_value=24 * 90, value=24, key="audit_hours"
     )
-    rows = data.audit_log(redis, container=container, event=event, since=time.time() - hours * 3600)
+    since = time.time() - hours * 3600
+    rows = queries.audit_log(redis, container=container, event=event, since=since)
     if rows:
-        _table(rows, redactor, "audit_table")
+        _table(views.audit_table(rows), redactor, "audit_table")
     else:
         st.info("No audit record matches. The Responder records every decision here.")
 
 
 def hosts_page(redis: Redis, settings: Settings, redactor: Redactor) -> None:
     st.header("Hosts")
-    rows = data.hosts(redis, time.time())
-    if not rows:
+    records = queries.hosts(redis)
+    if not records:
         st.info(
             "No host has reported yet: each Docker host appears here once its Monitor or "
             "Responder (HEMOSTAT_HOST_NAME) is alive."
         )
         return
-    down = [r["host"] for r in rows if r["state"] != "watched"]
+    down = [r.host for r in records if r.state is not HostState.WATCHED]
     if down:
-        st.warning(f"Not fully watched: {', '.join(down)}")
-    _table(rows, redactor, "hosts_table")
+        st.warning(f"Not fully watched: {redactor.text(', '.join(down))}")
+    _table(views.host_table(records, time.time()), redactor, "hosts_table")
     st.caption("`hemostat hosts forget NAME` retires a host taken out of the fleet.")
 
 
 def agents_page(redis: Redis, settings: Settings, redactor: Redactor) -> None:
     st.header("Agents")
-    beats, groups, letters = data.agent_health(redis)
-    now = time.time()
-    if beats:
-        _table(
-            [
-                {
-                    "agent": b.agent,
-                    "instance": b.instance,
-                    "host": b.host,
-                    "status": b.status.value,
-                    "heartbeat age s": round(now - b.beat_at.timestamp(), 1),
-                    "handled": (b.details.get("consumer") or {}).get("handled", "-"),
-                    "failed": (b.details.get("consumer") or {}).get("failed", "-"),
-                    "dry run": b.details.get("dry_run", "-"),
-                }
-                for b in sorted(beats, key=lambda b: b.agent)
-            ],
-            redactor,
-            "agents_table",
-        )
+    health = queries.agent_health(redis)
+    if health.beats:
+        _table(views.agent_table(health.beats, time.time()), redactor, "agents_table")
     else:
         st.info("No agent has a live heartbeat.")
     st.subheader("Consumer groups")
-    if groups:
-        _table(groups, redactor, "groups_table")
+    if health.groups:
+        _table(views.group_table(health.groups), redactor, "groups_table")
     st.subheader("Dead letters")
-    if letters:
-        _table(letters, redactor, "dead_table")
+    if health.dead_letters:
+        _table(views.dead_letter_table(health.dead_letters), redactor, "dead_table")
     else:
         st.caption("No dead letter: every message was handled.")
 

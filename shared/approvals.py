@@ -8,7 +8,9 @@ Every transition is one compare-and-set (a Lua script), so the first decision wi
 on an expired or already-decided proposal is refused with the reason. Every time in a proposal is
 Redis's own clock (`TIME` inside the script), never the deciding client's: a CLI on a laptop whose
 clock is an hour slow cannot approve what already expired. The CLI and the dashboard decide
-through `decide()`: the same CAS, then an `approval_decision` event for the Responder. With
+through `decide()` (`decide_sync()` from their blocking code): the same CAS, then an
+`approval_decision` event for the Responder; they list proposals with `read_recent()` and
+`read_pending()`; the Responder and the chat go through `ApprovalStore`. With
 HEMOSTAT_REDIS_WAIT_REPLICAS, a decision is reported done only once that many replicas confirmed
 it (WAIT after the event, which covers the CAS before it); otherwise `NotReplicated` says so.
 
@@ -24,11 +26,13 @@ action with its parameters and the target container. An approval is for that, no
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from shared import __version__, keys
@@ -46,6 +50,10 @@ from shared.events import (
     parse_event,
 )
 from shared.model import Model
+from shared.redis_client import connect
+
+if TYPE_CHECKING:
+    from shared.settings import Settings
 
 __all__ = [
     "DECIDED_TTL_S",
@@ -57,6 +65,9 @@ __all__ = [
     "Proposal",
     "ProposalState",
     "decide",
+    "decide_sync",
+    "read_pending",
+    "read_recent",
 ]
 
 PROPOSAL_PREFIX = keys.PROPOSAL
@@ -252,10 +263,7 @@ class ApprovalStore:
 
     async def get(self, proposal_id: str) -> Proposal | None:
         data: dict[Any, Any] = await self.redis.hgetall(PROPOSAL_PREFIX + proposal_id)
-        if not data:
-            return None
-        data.pop("ttl_s", None)
-        return Proposal.model_validate(data)
+        return _from_hash(data)
 
     async def transition(
         self,
@@ -318,6 +326,30 @@ def _flatten(fields: dict[str, str]) -> list[str]:
     return [part for item in fields.items() for part in item]
 
 
+def _from_hash(data: dict[Any, Any]) -> Proposal | None:
+    """The stored hash as a Proposal; None once it expired (an empty hash)."""
+    if not data:
+        return None
+    data.pop("ttl_s", None)
+    return Proposal.model_validate(data)
+
+
+def read_recent(redis: SyncRedis, limit: int = 200) -> list[Proposal]:
+    """The newest proposals, newest first, whatever their state, from a blocking client (the
+    dashboard)."""
+    ids: Any = redis.zrevrange(INDEX, 0, limit - 1)
+    found = [_from_hash(redis.hgetall(PROPOSAL_PREFIX + i)) for i in ids]
+    return [p for p in found if p is not None]
+
+
+def read_pending(redis: SyncRedis, limit: int = 100) -> list[Proposal]:
+    """Proposals waiting for a decision, nearest deadline first, from a blocking client
+    (`hemostat status`)."""
+    ids: Any = redis.zrange(PENDING, 0, limit - 1)
+    found = [_from_hash(redis.hgetall(PROPOSAL_PREFIX + i)) for i in ids]
+    return [p for p in found if p is not None and p.state is ProposalState.PENDING]
+
+
 async def decide(
     redis: Redis,
     proposal_id: str,
@@ -363,3 +395,25 @@ async def decide(
             wanted=exc.wanted,
         ) from exc
     return proposal
+
+
+def decide_sync(
+    settings: Settings,
+    proposal_id: str,
+    decision: Decision,
+    actor: str,
+    reason: str = "",
+    via: str = "cli",
+) -> Proposal:
+    """`decide` for blocking code (the CLI, the dashboard): on a connection of its own, with the
+    replication the settings ask for. Raises as `decide` does."""
+
+    async def run() -> Proposal:
+        redis = connect(settings)
+        try:
+            replication = Replication.from_settings(settings)
+            return await decide(redis, proposal_id, decision, actor, reason, via, replication)
+        finally:
+            await redis.aclose()
+
+    return asyncio.run(run())

@@ -6,13 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 from streamlit.testing.v1 import AppTest
 
+from agents.analyzer.incidents import IncidentStore
+from shared import audit
 from shared.approvals import ApprovalStore, ProposalState
+from shared.bus import Bus
+from shared.container_state import ContainerSnapshot, write_snapshots
+from shared.events import AlertKind
+from shared.hosts import HostRecord, HostState
+from shared.redaction import MASK
+from tests.support import factories
 from tests.support.dashboard_seed import Seeded, seed
 
 pytestmark = pytest.mark.redis
@@ -213,3 +223,114 @@ def test_redis_down_is_a_banner_not_a_stack_trace(monkeypatch):
     [banner] = at.error
     assert "Redis is unreachable" in banner.value
     assert "hunter2pass" not in banner.value
+
+
+SECRET = "ntfy-9f8e7d6c5b4a3921"  # a configured secret (NTFY_TOKEN): masked wherever it appears
+
+
+async def plant_the_secret(redis: Any) -> None:
+    """The secret in everything a page shows: a container's and a host's name, an alert's
+    summary and root cause (the feed, the timeline), a proposal's why, an audit reason, a dead
+    letter."""
+    now = time.time()
+    host, name, cid = f"edge-{SECRET}", f"web-{SECRET}", "d" * 64
+    await write_snapshots(
+        redis,
+        [
+            ContainerSnapshot(
+                id=cid,
+                name=name,
+                host=host,
+                state="running",
+                health=f"x-{SECRET}",
+                cpu_percent=99.0,
+                updated_at=now,
+                active_alerts=["unhealthy"],
+            )
+        ],
+        ttl_s=600,
+    )
+    record = HostRecord(host=host, state=HostState.UNWATCHED, since=now - 60, last_seen=now - 60)
+    await redis.hset("hemostat:hosts", host, record.model_dump_json())
+    subject = factories.subject(cid).model_copy(update={"container_name": name, "host": host})
+    alert = factories.health_alert(cid, AlertKind.UNHEALTHY, summary=f"token {SECRET} rejected")
+    alert = alert.model_copy(update={"subject": subject})
+    incident = (await IncidentStore(redis).attach(alert, now)).incident_id
+    needed = factories.remediation_needed(cid)
+    analysis = needed.payload.analysis.model_copy(update={"root_cause": f"bad token {SECRET}"})
+    needed = needed.model_copy(
+        update={
+            "incident_id": incident,
+            "causation_id": alert.id,
+            "subject": subject,
+            "payload": needed.payload.model_copy(update={"analysis": analysis}),
+        }
+    )
+    await Bus(redis).publish_many([alert, needed])
+    await IncidentStore(redis).record_decision(
+        incident, analysis, "unhealthy", f"restart {SECRET}", cache=False
+    )
+    await ApprovalStore(redis).create(needed, 900, f"the token {SECRET} is involved", key="s")
+    await audit.append(
+        redis,
+        audit.AuditRecord(
+            at=now,
+            actor="responder:r1",
+            event="rejected",
+            outcome="rejected:cooldown",
+            host=host,
+            container_id=cid,
+            container_name=name,
+            reason=f"saw {SECRET}",
+        ),
+    )
+    await Bus(redis).dead_letter(
+        channel="hemostat:health_alert",
+        group="analyzer",
+        consumer="a-1",
+        message_id="2-0",
+        raw="{bad",
+        error=f"bad {SECRET}",
+        attempts=1,
+    )
+
+
+def rendered(at: AppTest) -> bytes:
+    """Everything the page sends to the browser: every element's message, the tables' and
+    charts' data and the pickers' options included."""
+    out: list[bytes] = []
+
+    def walk(node: Any) -> None:
+        proto = getattr(node, "proto", None)
+        if proto is not None:
+            out.append(proto.SerializeToString())
+        for child in (getattr(node, "children", None) or {}).values():
+            walk(child)
+
+    walk(at.main)
+    walk(at.sidebar)
+    return b"\n".join(out)
+
+
+def test_a_configured_secret_never_reaches_any_page(seeded, redis_url, monkeypatch):
+    monkeypatch.setenv("NTFY_TOKEN", SECRET)
+
+    async def go() -> None:
+        client = Redis.from_url(redis_url, decode_responses=True)
+        try:
+            await plant_the_secret(client)
+        finally:
+            await client.aclose()
+
+    asyncio.run(go())
+    for page in ("Overview", "Containers", "Incidents", "Approvals", "Audit", "Hosts", "Agents"):
+        at = open_page(page)
+        shown = rendered(at)
+        assert SECRET.encode() not in shown, page
+        if page != "Overview":
+            assert MASK.encode() in shown, f"{page}: the planted secret is shown, masked"
+    at = open_page("Containers")
+    at.multiselect(key="container_hosts").set_value([f"edge-{SECRET}"]).run()
+    assert list(at.dataframe[0].value["name"]) == [f"web-{MASK}"], "filters use the real values"
+    at = open_page("Incidents")
+    assert f"bad token {MASK}" in " ".join(c.value for c in at.caption), "the timeline"

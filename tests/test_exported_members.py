@@ -1,4 +1,4 @@
-"""Every module in shared/ and agents/ declares its public surface (httpx's
+"""Every module in shared/, agents/ and dashboard/ declares its public surface (httpx's
 `tests/test_exported_members.py`): `__all__` exists, names only what the module has, and leaves
 out no public class or function the module defines. A name starting with `_` is private."""
 
@@ -11,7 +11,7 @@ from types import ModuleType
 
 import pytest
 
-PACKAGES = ("shared", "agents")
+PACKAGES = ("shared", "agents", "dashboard")
 
 
 def modules() -> list[ModuleType]:
