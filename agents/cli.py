@@ -272,10 +272,10 @@ def _cmd_decide(args: argparse.Namespace, settings: Settings) -> int:
     import asyncio
 
     from shared.approvals import decide
-    from shared.bus import Replication
     from shared.errors import ApprovalError, NotReplicated
     from shared.events import Decision
     from shared.redis_client import connect
+    from shared.replication import Replication
 
     decision = Decision.APPROVED if args.command == "approve" else Decision.DENIED
     actor = args.actor or _default_actor()

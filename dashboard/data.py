@@ -19,7 +19,6 @@ from redis.exceptions import ResponseError
 from shared import audit, keys
 from shared.approvals import INDEX as PROPOSALS_INDEX
 from shared.approvals import PENDING, PROPOSAL_PREFIX, Proposal, ProposalState, decide
-from shared.bus import Replication
 from shared.container_state import ContainerSnapshot, read_snapshots
 from shared.errors import InvalidEventError
 from shared.events import (
@@ -33,6 +32,7 @@ from shared.heartbeat import AgentStatus, Heartbeat, read_heartbeats
 from shared.hosts import describe, read_hosts
 from shared.redaction import Redactor
 from shared.redis_client import connect
+from shared.replication import Replication
 from shared.settings import Settings
 
 AGENTS = ("monitor", "analyzer", "responder", "alert", "metrics")

@@ -32,7 +32,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from shared import __version__, keys
-from shared.bus import Bus, Replication
+from shared.bus import Bus
 from shared.clock import to_datetime
 from shared.errors import ApprovalError, NotReplicated
 from shared.events import (
@@ -46,6 +46,7 @@ from shared.events import (
     parse_event,
 )
 from shared.model import Model
+from shared.replication import Replication
 
 __all__ = [
     "DECIDED_TTL_S",

@@ -44,7 +44,6 @@ from shared import audit, keys
 from shared.actions import Action, ActionType
 from shared.approvals import ApprovalStore, Proposal, ProposalState
 from shared.backoff import backoff_delay
-from shared.bus import current_delivery
 from shared.clock import to_datetime
 from shared.containers import ContainerInfo, own_container_id
 from shared.docker_api import DockerGateway, connect_docker
@@ -55,6 +54,7 @@ from shared.errors import (
     DockerError,
     DockerUnavailable,
 )
+from shared.eventbus import current_delivery
 from shared.events import (
     ApprovalDecisionEvent,
     ApprovalRequest,
