@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import header, percentile, summary_ms, verdict
-from shared.bus import Bus, Replication
+from shared.bus import Bus
 from shared.errors import NotReplicated
 from shared.events import Channel, parse_event
 from shared.redis_client import connect
 from shared.redis_server import RedisServer
+from shared.replication import Replication
 from shared.settings import Settings
 from tests.support import factories
 from tests.support.alert_flow import (

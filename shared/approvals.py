@@ -36,7 +36,7 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from shared import __version__, keys
-from shared.bus import Bus, Replication
+from shared.bus import Bus
 from shared.clock import to_datetime
 from shared.errors import ApprovalError, NotReplicated
 from shared.events import (
@@ -51,6 +51,7 @@ from shared.events import (
 )
 from shared.model import Model
 from shared.redis_client import connect
+from shared.replication import Replication
 
 if TYPE_CHECKING:
     from shared.settings import Settings

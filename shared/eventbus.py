@@ -14,13 +14,11 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from shared.events import Envelope, Event
+from shared.replication import Replication
 from shared.settings import Settings
-
-if TYPE_CHECKING:
-    from shared.bus import Replication
 
 __all__ = [
     "ConsumerOptions",

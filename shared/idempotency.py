@@ -18,7 +18,7 @@ from enum import StrEnum
 
 from redis.asyncio import Redis
 
-from shared.bus import current_delivery
+from shared.eventbus import current_delivery
 
 __all__ = ["ClaimStatus", "Claims", "delivery_entry"]
 

@@ -44,11 +44,9 @@ from shared.eventbus import (
     delivering,
 )
 from shared.events import Envelope, Event, encode_event, parse_event
+from shared.replication import Replication
 from shared.settings import Settings
 from shared.tasks import KeyedLocks
-
-if TYPE_CHECKING:
-    from shared.bus import Replication
 
 __all__ = ["DeadLetter", "StubBus", "StubConsumer"]
 

@@ -9,7 +9,7 @@ import asyncio
 import pytest
 
 from agents.base import BaseAgent
-from shared.bus import current_delivery
+from shared.eventbus import current_delivery
 from shared.events import Channel, Event
 from shared.stub_bus import StubBus
 from tests.support import factories

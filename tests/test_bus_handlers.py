@@ -9,7 +9,8 @@ from collections import Counter
 
 import pytest
 
-from shared.bus import Bus, Delivery, current_delivery
+from shared.bus import Bus
+from shared.eventbus import Delivery, current_delivery
 from shared.events import Channel
 from tests.conftest import make_settings
 from tests.support import factories

@@ -24,13 +24,14 @@ from redis.asyncio.sentinel import MasterNotFoundError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from shared.approvals import ApprovalStore, decide
-from shared.bus import Bus, Replication
+from shared.bus import Bus
 from shared.errors import NotReplicated
 from shared.events import Channel, Decision, parse_event
 from shared.heartbeat import AgentStatus, heartbeat_key
 from shared.redaction import Redactor
 from shared.redis_client import CONNECTION_ERRORS, connect, connect_sync, describe
 from shared.redis_server import RedisServer
+from shared.replication import Replication
 from shared.settings import Settings
 from tests.conftest import make_settings
 from tests.support import factories

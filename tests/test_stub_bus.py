@@ -10,8 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from shared.bus import current_delivery
-from shared.eventbus import Delivery
+from shared.eventbus import Delivery, current_delivery
 from shared.events import Channel, Event
 from shared.stub_bus import StubBus, StubConsumer
 from tests.support import factories

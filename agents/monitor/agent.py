@@ -24,13 +24,13 @@ from agents.monitor.poller import Poller, latest_change
 from agents.monitor.publisher import AlertPublisher
 from agents.monitor.tracker import AlertDraft, MonitorPolicy, Tracker
 from shared import keys
-from shared.bus import Replication
 from shared.container_state import prune_index, record_death, write_snapshots
 from shared.containers import ContainerInfo, own_container_id
 from shared.docker_api import DockerGateway, connect_docker
 from shared.errors import ContainerNotFound, DockerError
 from shared.redaction import Redactor
 from shared.redis_client import CONNECTION_ERRORS
+from shared.replication import Replication
 from shared.settings import Settings, StatsSource
 from shared.tasks import KeyedLocks
 

@@ -22,13 +22,13 @@ from agents.monitor.alertmanager import (
 )
 from agents.monitor.tracker import Tracker
 from shared import keys
-from shared.bus import Replication
 from shared.clock import Clock
 from shared.errors import BusUnavailable, ConfigError, InvalidPayload, NotReplicated
 from shared.eventbus import EventBus
 from shared.events import HealthAlertEvent, Source, Subject, make_event
 from shared.log import Logger
 from shared.redaction import Redactor
+from shared.replication import Replication
 
 __all__ = ["AlertmanagerIntake", "is_loopback"]
 

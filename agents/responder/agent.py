@@ -35,10 +35,10 @@ from agents.responder.verification import Verification
 from agents.responder.work import Work
 from shared import audit
 from shared.approvals import ApprovalStore
-from shared.bus import current_delivery
 from shared.containers import own_container_id
 from shared.docker_api import DockerGateway, connect_docker
 from shared.errors import DockerUnavailable
+from shared.eventbus import current_delivery
 from shared.events import (
     ApprovalDecisionEvent,
     Channel,

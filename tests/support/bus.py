@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from shared import keys
-from shared.bus import Consumer
+from shared.consumer import Consumer
 from shared.events import Channel
 
 
