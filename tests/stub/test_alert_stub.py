@@ -22,24 +22,10 @@ from shared.stub_bus import StubBus
 from tests.conftest import make_settings
 from tests.support import factories
 from tests.support.clock import OffsetClock
-from tests.support.stub import NO_REDIS, memory_redis, started
+from tests.support.stub import started
 from tests.support.webhooks import Receiver
 
 pytestmark = pytest.mark.timeout(30)
-
-
-@pytest.fixture
-async def redis():
-    """The agent's state store: in memory (fakeredis), never a server."""
-    client = memory_redis()
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-def redis_url() -> str:
-    """Settings name an address where nothing listens: the agent has only the in-memory store."""
-    return NO_REDIS
 
 
 SLACK, DISCORD, NTFY = "/slack/T000/B000/X", "/discord/api/webhooks/1/abc", "/ntfy"

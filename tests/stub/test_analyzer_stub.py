@@ -32,26 +32,12 @@ from shared.stub_bus import StubBus
 from tests.conftest import make_settings
 from tests.support import factories
 from tests.support.fake_llm import FakeLLM, Reply, verdict
-from tests.support.stub import NO_REDIS, memory_redis, started
+from tests.support.stub import started
 
 pytestmark = pytest.mark.timeout(30)
 
 
-@pytest.fixture
-async def redis():
-    """The agent's state store: in memory (fakeredis), never a server."""
-    client = memory_redis()
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-def redis_url() -> str:
-    """Settings name an address where nothing listens: the agent has only the in-memory store."""
-    return NO_REDIS
-
-
-RUNBOOKS = load_runbooks(Path(__file__).parent.parent / "runbooks")
+RUNBOOKS = load_runbooks(Path(__file__).parents[2] / "runbooks")
 
 
 @pytest.fixture
