@@ -109,7 +109,7 @@ _TRANSITION = (
     _NOW
     + """
 local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return {'missing', ''} end
+if not state then return {'refused', 'missing'} end
 local to = ARGV[1]
 local deadline = tonumber(redis.call('HGET', KEYS[1], 'expires_at'))
 if state == 'pending' and to ~= 'expired' and deadline <= now then
@@ -207,7 +207,7 @@ class Proposal(Model):
 
 def _refusal(proposal_id: str, state: str, proposal: Proposal | None) -> str:
     if state == "missing":
-        return f"no proposal {proposal_id}"
+        return f"no proposal {proposal_id!r}"
     if state == "not_due":
         return f"proposal {proposal_id} has not reached its deadline"
     if state == "expired":

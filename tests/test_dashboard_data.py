@@ -244,3 +244,21 @@ async def test_the_cli_lists_and_decides_through_the_same_approvals(
     assert await asyncio.to_thread(cli_main, deny) == 1
     assert "refused: proposal" in capsys.readouterr().err
     assert (await ApprovalStore(redis).get(seeded.pending_proposal)).decided_by == "erin"
+
+
+@pytest.mark.parametrize("proposal_id", ["p-0123456789", "not-an-id;rm", ""])
+async def test_deciding_an_unknown_proposal_says_there_is_none(
+    redis, redis_url, monkeypatch, capsys, proposal_id
+):
+    from agents.cli import main as cli_main
+
+    for key in list(os.environ):
+        if key.startswith("HEMOSTAT_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    assert await asyncio.to_thread(cli_main, ["approve", proposal_id, "--actor", "erin"]) == 1
+    assert capsys.readouterr().err == f"refused: no proposal {proposal_id!r}\n"
+    with pytest.raises(ApprovalError) as refused:
+        await ApprovalStore(redis).deny(proposal_id, "frank", "x")
+    assert str(refused.value) == f"no proposal {proposal_id!r}"
+    assert await redis.xlen("hemostat:approval_decision") == 0
