@@ -446,10 +446,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What an operator types in another shell than `hemostat run`'s.
+_OPERATOR_COMMANDS = frozenset(
+    {_cmd_check, _cmd_hosts_forget, _cmd_status, _cmd_decide, _cmd_audit}
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings()
+        if args.func in _OPERATOR_COMMANDS:
+            settings = _with_local_redis(settings)
         code: int = args.func(args, settings)
     except HemoStatError as exc:
         print(f"hemostat: {exc}", file=sys.stderr)
@@ -463,6 +471,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return _reader_gone()
     return code
+
+
+def _with_local_redis(settings: Settings) -> Settings:
+    """With no Redis configured, the private one `hemostat run` keeps in this state folder."""
+    if settings.redis_url is not None or settings.redis_sentinels:
+        return settings
+    from pydantic import SecretStr
+
+    from agents.supervisor import local_redis_url
+
+    url = local_redis_url(settings.state_dir)
+    return settings if url is None else settings.model_copy(update={"redis_url": SecretStr(url)})
 
 
 def _reader_gone() -> int:

@@ -22,10 +22,44 @@ from shared.redis_client import describe
 from shared.redis_server import RedisServer
 from shared.settings import Settings
 
-__all__ = ["AGENT_ORDER", "DASHBOARD", "Child", "Supervisor", "run"]
+__all__ = [
+    "AGENT_ORDER",
+    "DASHBOARD",
+    "LOCAL_REDIS_FILE",
+    "Child",
+    "Supervisor",
+    "local_redis_url",
+    "publish_local_redis",
+    "run",
+    "withdraw_local_redis",
+]
 
 AGENT_ORDER = ("monitor", "analyzer", "responder", "alert", "metrics")
 DASHBOARD = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+# In the state folder while `hemostat run` runs a private Redis: its URL, password included, for
+# the CLI in another shell (`hemostat status`). Owner-readable only, like the server's auth.conf.
+LOCAL_REDIS_FILE = "redis.url"
+
+
+def publish_local_redis(state_dir: Path, url: str) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / LOCAL_REDIS_FILE
+    path.unlink(missing_ok=True)  # a file left by a run that was killed may have other modes
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(url + "\n")
+
+
+def withdraw_local_redis(state_dir: Path) -> None:
+    (state_dir / LOCAL_REDIS_FILE).unlink(missing_ok=True)
+
+
+def local_redis_url(state_dir: Path) -> str | None:
+    """The URL of the private Redis `hemostat run` keeps in this state folder, if it runs one."""
+    try:
+        return (state_dir / LOCAL_REDIS_FILE).read_text().strip() or None
+    except FileNotFoundError:
+        return None
 
 
 @dataclass
@@ -64,6 +98,7 @@ class Supervisor:
             password = secrets.token_urlsafe(24)
             self.redis = RedisServer(self.state_dir / "redis", password=password).start()
             self.redis_url = self.redis.url
+            publish_local_redis(self.state_dir, self.redis.url)
         for name in AGENT_ORDER:
             argv = [sys.executable, "-m", "agents.cli", "agent", name]
             self.children.append(Child(name, argv, self.logs / f"{name}.log"))
@@ -136,9 +171,20 @@ class Supervisor:
             f"HemoStat is running (supervisor pid {os.getpid()}) — {mode}",
             f"  dashboard  http://{s.dashboard_host}:{s.dashboard_port}"
             + ("" if self.with_dashboard else " (not started)"),
-            f"  metrics    http://127.0.0.1:{s.metrics_port}/metrics",
-            f"  webhook    http://127.0.0.1:{s.webhook_port}/webhook/alertmanager",
+            "  metrics    "
+            + (f"http://127.0.0.1:{s.metrics_port}/metrics" if s.metrics_port else "off"),
+            "  webhook    "
+            + (
+                f"http://127.0.0.1:{s.webhook_port}/webhook/alertmanager"
+                if s.webhook_port
+                else "off"
+            ),
             f"  redis      {redis}",
+            *(
+                ["             (hemostat status, audit, approve... run here find it by themselves)"]
+                if self.redis
+                else []
+            ),
             f"  logs       {self.logs}/<agent>.log",
             "Ctrl-C stops everything.",
         ]
@@ -190,6 +236,7 @@ class Supervisor:
                 child.log.close()
                 child.log = None
         if self.redis is not None:
+            withdraw_local_redis(self.state_dir)
             self.redis.stop()
         print("[hemostat] stopped", file=self.out, flush=True)
 

@@ -56,7 +56,7 @@ def test_run_starts_supervises_and_stops_everything(tmp_path, docker):
     )
     lines: list[str] = []
     try:
-        while len(lines) < 7:
+        while not lines or "Ctrl-C stops everything" not in lines[-1]:
             lines.append(proc.stdout.readline())
         banner = "".join(lines)
         assert "DRY-RUN" in banner, "dry-run is on unless configured off, and the banner says so"
@@ -83,6 +83,19 @@ def test_run_starts_supervises_and_stops_everything(tmp_path, docker):
         metrics = httpx.get(f"http://127.0.0.1:{ports['HEMOSTAT_METRICS_PORT']}/metrics").text
         assert 'hemostat_agent_up{agent="monitor"} 1.0' in metrics
 
+        # The operator's commands in another shell (no REDIS_URL) reach the private Redis.
+        status = subprocess.run(
+            [sys.executable, "-m", "agents.cli", "status"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert (status.returncode, status.stderr) == (0, "")
+        assert "AGENTS (5)" in status.stdout
+
         # A crashed agent comes back.
         beat = next(iter(r.scan_iter("hemostat:heartbeat:analyzer:*")))
         pid = int(re.search(r'"pid":(\d+)', r.get(beat)).group(1))
@@ -107,6 +120,7 @@ def test_run_starts_supervises_and_stops_everything(tmp_path, docker):
         proc.stdout.close()
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0, "the private redis-server was stopped"
+    assert not (tmp_path / "state" / "redis.url").exists(), "its connection file went with it"
     for child in children:
         assert not os.path.exists(f"/proc/{child}"), (
             f"agent process {child} outlived the supervisor"
