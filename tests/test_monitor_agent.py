@@ -245,3 +245,31 @@ async def test_daemon_restart_is_resubscribed(redis, redis_url, tmp_path):
     finally:
         await asyncio.to_thread(engine.stop)
     gc.collect()  # finalise the SDK's leaked sockets while the filters above apply
+
+
+async def test_a_crash_right_after_a_restart_is_told_when_the_gap_is_over(
+    redis, redis_url, docker, test_image, run_label
+):
+    """The sequence the operator saw: HemoStat restarts a crashed container and it dies again a
+    second later, inside the minimum gap between alerts. That death is told once the gap is over
+    (it is still down), not half an hour later with "succeeded" in the audit meanwhile."""
+    script = "test -f /tmp/once && { sleep 1; exit 3; }; touch /tmp/once; exit 3"
+    async with running_monitor(redis, redis_url, monitor_min_alert_gap_s=8):
+        crashing = run(docker, test_image, run_label, ["sh", "-c", script])
+
+        async def crashes():
+            alerts = await alerts_for(redis, crashing.id)
+            return [a for a in alerts if a.payload.kind is AlertKind.CRASH]
+
+        await wait_until(lambda: _count(crashes(), 1), what="the first crash", timeout=20)
+        await asyncio.to_thread(crashing.start)  # what the Responder's restart does
+        await wait_until(lambda: _count(crashes(), 2), what="the crash after it", timeout=30)
+        _first, second = await crashes()
+        assert second.idempotency_key.startswith(f"held:{crashing.id}:crash:")
+        assert second.payload.status is AlertStatus.FIRING
+        assert second.payload.exit_code == 3
+        assert "crash again" in second.payload.summary
+
+
+async def _count(coro, n):
+    return len(await coro) >= n

@@ -110,6 +110,20 @@ def test_gate_limits_new_episodes_but_lets_them_through_after_the_gap():
     assert suppressed == 1
 
 
+def test_a_new_episode_held_back_by_the_gap_is_due_when_the_gap_is_over():
+    policy = GatePolicy(min_gap_s=10, realert_s=100)
+    s, _, _ = gate(GateState(), 0, policy, new_episode=True)
+    s, send, _ = gate(s, 5, policy, new_episode=True)
+    assert (send, s.held_at) == (False, 5)
+    s, send, _ = gate(s, 8, policy, new_episode=False)  # a poll while it is still down
+    assert not send
+    s, send, _ = gate(s, 10, policy, new_episode=False)
+    assert send, "due at the gap, not at the re-alert interval"
+    assert s.held_at is None
+    s, send, _ = gate(s, 25, policy, new_episode=False)
+    assert not send, "then the re-alert interval again"
+
+
 def test_restart_loop_needs_count_deaths_inside_the_window():
     deaths, looping = restart_loop((0.0, 100.0), 150.0, window_s=300, count=3)
     assert not looping

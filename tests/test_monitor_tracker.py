@@ -153,6 +153,36 @@ def test_crash_alerts_are_rate_limited_per_container(tracker):
     assert kinds(other) == [(AlertKind.CRASH, AlertStatus.FIRING)], "other containers unaffected"
 
 
+def test_a_crash_held_back_by_the_gap_is_told_once_the_gap_is_over_if_still_down(tracker):
+    """HemoStat restarts a crashed container; it dies again 5 s later, inside the minimum gap.
+    Held back then, that death must not wait for the re-alert interval (30 min by default) while
+    the container stays down with "succeeded" in the audit: the first poll after the gap tells it
+    as a crash, so it is decided (and healed, or escalated by the guards) again."""
+    c = info()
+    assert kinds(tracker.on_event("die", {"exitCode": "3"}, T0, replace(c, state="exited"))) == [
+        (AlertKind.CRASH, AlertStatus.FIRING)
+    ]
+    tracker.on_event("restart", {}, T0 + 1, c)
+    tracker.on_event("start", {}, T0 + 1, c)
+    down = replace(c, state="exited", exit_code=3)
+    assert tracker.on_event("die", {"exitCode": "3"}, T0 + 6, down) == [], "inside the gap"
+    assert tracker.on_inventory(down, T0 + 8) == [], "the gap is not over yet"
+    [told] = tracker.on_inventory(down, T0 + 11)
+    assert (told.kind, told.status, told.exit_code) == (AlertKind.CRASH, AlertStatus.FIRING, 3)
+    assert "crash again" in told.summary
+    assert told.idempotency_key == f"held:{c.id}:crash:{T0 + 6:.3f}", "Docker's time: every replica"
+    assert tracker.on_inventory(down, T0 + 20) == [], "then once per re-alert interval again"
+
+
+def test_a_crash_held_back_by_the_gap_is_not_told_once_running_again(tracker):
+    c = info()
+    tracker.on_event("die", {"exitCode": "3"}, T0, replace(c, state="exited"))
+    tracker.on_event("start", {}, T0 + 1, c)
+    tracker.on_event("die", {"exitCode": "3"}, T0 + 6, replace(c, state="exited"))
+    tracker.on_event("start", {}, T0 + 7, c)  # restarted by its own policy meanwhile
+    assert tracker.on_inventory(c, T0 + 11) == []
+
+
 def test_unhealthy_then_healthy_resolves(tracker):
     c = info(health="unhealthy", health_output="GET /healthz: connection refused")
     fired = tracker.on_event("health_status: unhealthy", {}, T0, c)

@@ -137,20 +137,26 @@ class GatePolicy:
 class GateState:
     last_sent: float | None = None
     suppressed: int = 0
+    # When a new episode (a crash after the restart that healed the last one) was held back by
+    # the minimum gap: it is then told as soon as the gap is over, not a re-alert interval later.
+    held_at: float | None = None
 
 
 def gate(
     state: GateState, now: float, policy: GatePolicy, *, new_episode: bool
 ) -> tuple[GateState, bool, int]:
-    """Alert on a state change, then at most once per re-alert interval while it lasts.
+    """Alert on a state change, then at most once per re-alert interval while it lasts; a new
+    episode held back by the minimum gap is due when the gap is over.
     Returns (state, send, suppressed-since-last-sent to report with this alert)."""
     if state.last_sent is None:
         return GateState(last_sent=now), True, state.suppressed
     elapsed = now - state.last_sent
-    due = elapsed >= (policy.min_gap_s if new_episode else policy.realert_s)
+    waits_for_gap = new_episode or state.held_at is not None
+    due = elapsed >= (policy.min_gap_s if waits_for_gap else policy.realert_s)
     if due:
         return GateState(last_sent=now), True, state.suppressed
-    return replace(state, suppressed=state.suppressed + 1), False, 0
+    held_at = now if new_episode else state.held_at
+    return replace(state, suppressed=state.suppressed + 1, held_at=held_at), False, 0
 
 
 # ---------------------------------------------------------------- restart loops

@@ -509,18 +509,27 @@ class Tracker:
                 kind in EVENT_KINDS and not info.running
             )
             if still:
+                held_at = t.gates.get(kind.value, GateState()).held_at
                 send, suppressed = self._gate(t, kind.value, now, new_episode=False)
                 if send:
+                    what = kind.value.replace("_", " ")
+                    if held_at is None:
+                        summary = f"{info.name}: still {what} ({info.state})"
+                        # One reminder per interval, the same key on every replica.
+                        key = f"remind:{info.id}:{kind.value}:{self._bucket(now)}"
+                    else:
+                        summary = f"{info.name}: {what} again, held back by the gap; still down"
+                        # The held episode's own time (Docker's): the same on every replica.
+                        key = f"held:{info.id}:{kind.value}:{held_at:.3f}"
                     drafts.append(
                         self._draft(
                             t,
                             kind,
                             Severity.CRITICAL,
                             Detector.STATS,
-                            f"{info.name}: still {kind.value.replace('_', ' ')} ({info.state})",
+                            summary,
                             now,
-                            # One reminder per interval, the same key on every replica.
-                            f"remind:{info.id}:{kind.value}:{self._bucket(now)}",
+                            key,
                             suppressed,
                             exit_code=info.exit_code,
                         )
