@@ -323,7 +323,9 @@ def slack_forgeries(chat: Chat, proposal_id: str) -> dict[str, tuple[bytes, dict
     tampered = body.replace(b"U0APPROVER", b"U0ATTACKER")
     forged["body changed after signing"] = (tampered, headers, 401)
     forged["stale timestamp"] = (*chat.slack_request(payload, ts=now - 301), 401)
-    forged["timestamp from the future"] = (*chat.slack_request(payload, ts=now + 301), 401)
+    # A minute past the bound: `now` is whole seconds read before the posts, so +301 could fall
+    # back inside the bound by the time the server reads its clock. The edge: test_stale_bounds.
+    forged["timestamp from the future"] = (*chat.slack_request(payload, ts=now + 360), 401)
     stranger = chat.slack_payload(
         proposal_id, user="U0STRANGER", response_path="/slack/response/forged"
     )
@@ -371,7 +373,7 @@ async def test_every_forged_discord_interaction_is_refused_and_changes_nothing(c
     forged = {
         "signed by another key": (*chat.discord_request(click, key=impostor), 401),
         "stale timestamp": (*chat.discord_request(click, ts=now - 301), 401),
-        "timestamp from the future": (*chat.discord_request(click, ts=now + 301), 401),
+        "timestamp from the future": (*chat.discord_request(click, ts=now + 360), 401),
         "timestamp changed after signing": (
             body,
             headers | {"X-Signature-Timestamp": str(now - 1)},
@@ -586,3 +588,14 @@ def test_approver_lists_take_ids_not_names(monkeypatch):
     monkeypatch.setenv("DISCORD_PUBLIC_KEY", "not-a-key")
     with pytest.raises(ConfigError, match="DISCORD_PUBLIC_KEY"):
         load_settings(env_file=None)
+
+
+def test_stale_bounds_a_timestamp_either_way_at_300_seconds():
+    from agents.alert.interactions import _stale
+
+    now = 1_000_000.0
+    assert _stale(str(int(now) - 300), now) is None
+    assert _stale(str(int(now) + 300), now) is None
+    assert _stale(str(int(now) - 301), now) is not None
+    assert _stale(str(int(now) + 301), now) is not None
+    assert _stale("12ab", now) == "missing or malformed request timestamp"
