@@ -335,20 +335,27 @@ def _from_hash(data: dict[Any, Any]) -> Proposal | None:
     return Proposal.model_validate(data)
 
 
+def _read_many(redis: SyncRedis, ids: list[Any]) -> list[Proposal]:
+    """The proposals of `ids` that still exist, in order, in one round trip."""
+    pipe = redis.pipeline(transaction=False)
+    for proposal_id in ids:
+        pipe.hgetall(PROPOSAL_PREFIX + proposal_id)
+    found = [_from_hash(data) for data in pipe.execute()]
+    return [p for p in found if p is not None]
+
+
 def read_recent(redis: SyncRedis, limit: int = 200) -> list[Proposal]:
     """The newest proposals, newest first, whatever their state, from a blocking client (the
     dashboard)."""
     ids: Any = redis.zrevrange(INDEX, 0, limit - 1)
-    found = [_from_hash(redis.hgetall(PROPOSAL_PREFIX + i)) for i in ids]
-    return [p for p in found if p is not None]
+    return _read_many(redis, ids)
 
 
 def read_pending(redis: SyncRedis, limit: int = 100) -> list[Proposal]:
     """Proposals waiting for a decision, nearest deadline first, from a blocking client
     (`hemostat status`)."""
     ids: Any = redis.zrange(PENDING, 0, limit - 1)
-    found = [_from_hash(redis.hgetall(PROPOSAL_PREFIX + i)) for i in ids]
-    return [p for p in found if p is not None and p.state is ProposalState.PENDING]
+    return [p for p in _read_many(redis, ids) if p.state is ProposalState.PENDING]
 
 
 async def decide(
